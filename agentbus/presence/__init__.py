@@ -1,0 +1,1 @@
+"""agentbus.presence: filled in by later issues."""

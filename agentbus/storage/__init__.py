@@ -1,0 +1,1 @@
+"""agentbus.storage: filled in by later issues."""

@@ -1,0 +1,1 @@
+"""agentbus.streams: filled in by later issues."""

@@ -1,0 +1,1 @@
+pytest_plugins = ["agentbus.testing.pytest_plugin"]
