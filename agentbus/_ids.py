@@ -31,6 +31,10 @@ def validate_agent_id(agent_id: object) -> str:
     return agent_id
 
 
+def is_valid_agent_id(value: str) -> bool:
+    return _AGENT_ID.fullmatch(value) is not None
+
+
 def validate_name(kind: str, name: object) -> str:
     """Return ``name`` (of a lock, message type, topic...) if it follows :data:`NAME_RULE`.
 

@@ -17,10 +17,13 @@ readonly PORT="${AGENTBUS_PG_PORT:-5433}"
 # The postgres user cannot traverse /root (mode 0700), so root's cluster lives under /var/lib;
 # a normal user runs the server as themself, under their own home.
 if [[ $EUID -eq 0 ]]; then
-    readonly PGDATA_DIR="${AGENTBUS_PG_DATA:-/var/lib/agentbus/postgres}"
+    PGDATA_DIR="${AGENTBUS_PG_DATA:-/var/lib/agentbus/postgres}"
 else
-    readonly PGDATA_DIR="${AGENTBUS_PG_DATA:-$HOME/.agentbus/postgres}"
+    PGDATA_DIR="${AGENTBUS_PG_DATA:-$HOME/.agentbus/postgres}"
 fi
+# Absolute, because the server tools run from another directory (see as_pg).
+PGDATA_DIR="$(realpath -m -- "$PGDATA_DIR")"
+readonly PGDATA_DIR
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly ROLES_SQL="$SCRIPT_DIR/../agentbus/testing/postgres_roles.sql"
 readonly SRC_LIST=/etc/apt/sources.list.d/agentbus-pgvector-src.sources
@@ -75,6 +78,7 @@ version_ge() { [[ -n $1 ]] && dpkg --compare-versions "$1" ge "$2"; }
 # no mirror name is written into the repository.
 main_mirror() {
     local codename
+    # shellcheck disable=SC1091
     codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
     local f
     for f in /etc/apt/sources.list.d/*.sources; do
@@ -202,9 +206,10 @@ cmd_install() {
     install_pgvector "$(pg_major)"
 }
 
-# PostgreSQL refuses to run as root: as root, run the server tools as `postgres`.
+# PostgreSQL refuses to run as root: as root, run the server tools as `postgres`, from /
+# because the caller's directory (e.g. /root) may be closed to that user.
 as_pg() {
-    if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [[ $EUID -eq 0 ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 bindir() {
@@ -244,6 +249,7 @@ cmd_start() {
         # never on a shared network. Anything stronger belongs to deployment, not here.
         as_pg "$bin/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --encoding=UTF8 \
             --locale=C.UTF-8 >/dev/null
+        # shellcheck disable=SC2016  # $1 is expanded by the inner sh
         as_pg sh -c 'echo "include_if_exists = '\''agentbus.conf'\''" >> "$1/postgresql.conf"' \
             sh "$PGDATA_DIR"
     fi

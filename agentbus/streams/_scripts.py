@@ -1,0 +1,26 @@
+"""Lua scripts, kept as files beside this module and registered once per client.
+
+Each script touches the keys of one agent only (one hash slot), so the bus works on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+SCRIPT_NAMES = ("send_idempotent", "promote_due", "trim")
+
+
+def script_source(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class Scripts:
+    """The bus's scripts bound to one client (EVALSHA, loading the script when Redis lost it)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.send_idempotent: AsyncScript = client.register_script(script_source("send_idempotent"))
+        self.promote_due: AsyncScript = client.register_script(script_source("promote_due"))
+        self.trim: AsyncScript = client.register_script(script_source("trim"))
