@@ -197,7 +197,7 @@ def _parse_storage(raw: Mapping[str, Any], source: str) -> StorageConfig:
     backend = raw.get("backend", "sqlite")
     if backend not in ("sqlite", "postgres", "dual"):
         raise ConfigError(
-            f"{source}: storage.backend {backend!r} is unknown; use \"sqlite\" (embedded default), "
+            f'{source}: storage.backend {backend!r} is unknown; use "sqlite" (embedded default), '
             '"postgres", or "dual" (SQLite -> PostgreSQL migration)'
         )
     read_from, write_to = _routing(raw, cast(Backend, backend), source)
@@ -325,9 +325,7 @@ def _positive(raw: Mapping[str, Any], key: str, default: float, section: str, so
     return float(value)
 
 
-def _non_negative(
-    raw: Mapping[str, Any], key: str, default: int, section: str, source: str
-) -> int:
+def _non_negative(raw: Mapping[str, Any], key: str, default: int, section: str, source: str) -> int:
     value = raw.get(key, default)
     if value < 0:
         raise ConfigError(f"{source}: {section}.{key} must be 0 or more, got {value!r}")
@@ -391,7 +389,9 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _apply_single_values(raw: dict[str, Any], values: Mapping[str, str | None], origin: str) -> None:
+def _apply_single_values(
+    raw: dict[str, Any], values: Mapping[str, str | None], origin: str
+) -> None:
     """Write environment / argument values into the raw mapping (later calls win)."""
     storage = raw.setdefault("storage", {})
     if not isinstance(storage, dict):

@@ -48,17 +48,29 @@ def _create_sqlite(config: Config) -> str:
 
 def run_demo(config: Config) -> int:
     _say(f"agentbus demo — configuration from {config.source}")
-    _say(json.dumps({"backend": config.storage.backend, "redis": config.storage.redis.url,
-                     "sqlite": str(config.storage.sqlite.path),
-                     "namespace": config.bus.namespace}, indent=2))
+    _say(
+        json.dumps(
+            {
+                "backend": config.storage.backend,
+                "redis": config.storage.redis.url,
+                "sqlite": str(config.storage.sqlite.path),
+                "namespace": config.bus.namespace,
+            },
+            indent=2,
+        )
+    )
     redis_facts = anyio.run(_check_redis, config)
-    _say(f"redis {config.storage.redis.url} answers PING: version {redis_facts['redis_version']}, "
-         f"appendonly={redis_facts['appendonly']}, "
-         f"maxmemory-policy={redis_facts['maxmemory-policy']}")
+    _say(
+        f"redis {config.storage.redis.url} answers PING: version {redis_facts['redis_version']}, "
+        f"appendonly={redis_facts['appendonly']}, "
+        f"maxmemory-policy={redis_facts['maxmemory-policy']}"
+    )
     if redis_facts["maxmemory-policy"] != "noeviction":
         _say("  warning: a bus needs maxmemory-policy noeviction, or Redis may drop messages")
     journal = _create_sqlite(config)
     _say(f"sqlite {config.storage.sqlite.path} ready (journal_mode={journal})")
-    _say("the embedded default runs: agent mailboxes, events, presence and locks on this Redis; "
-         "memory, tasks and teams in this SQLite file")
+    _say(
+        "the embedded default runs: agent mailboxes, events, presence and locks on this Redis; "
+        "memory, tasks and teams in this SQLite file"
+    )
     return 0

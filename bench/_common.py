@@ -35,7 +35,6 @@ import redis.asyncio
 
 BODY = "x" * 64
 BATCH = 100
-QUICK_MESSAGES = 5_000
 GROUP = "bench"
 _READY_TIMEOUT = 60.0
 _AOF_REWRITE_TIMEOUT = 60.0
@@ -144,12 +143,17 @@ class SideSpec:
 
 
 class Side:
-    """A child's view of its run: the spec and the start protocol."""
+    """A child's view of its run: the spec and the start/stop protocol.
 
-    def __init__(self, spec: SideSpec, ready: Any, go: Any) -> None:
+    The mp events are shared with the parent: ``ready`` is this side's own, ``go`` releases the
+    sender, and ``finished`` is set once the sender has reported (a reply server runs until then).
+    """
+
+    def __init__(self, spec: SideSpec, ready: Any, go: Any, finished: Any) -> None:
         self.spec = spec
         self._ready = ready
         self._go = go
+        self._finished = finished
 
     def signal_ready(self) -> None:
         self._ready.set()
@@ -159,13 +163,16 @@ class Side:
         # background tasks of the library under test) running.
         await anyio.to_thread.run_sync(self._go.wait)
 
+    async def wait_sender_finished(self) -> None:
+        await anyio.to_thread.run_sync(self._finished.wait)
+
 
 SideFn = Callable[[Side], Awaitable[dict[str, Any]]]
 
 
-def _child_main(fn: SideFn, spec: SideSpec, ready: Any, go: Any, results: Any) -> None:
+def _child_main(fn: SideFn, spec: SideSpec, events: tuple[Any, Any, Any], results: Any) -> None:
     async def main() -> dict[str, Any]:
-        return await fn(Side(spec, ready, go))
+        return await fn(Side(spec, *events))
 
     try:
         results.put(("ok", anyio.run(main, backend="asyncio")))
@@ -190,23 +197,23 @@ def run_pair(receiver: SideFn, sender: SideFn, spec: SideSpec, timeout: float) -
         SideError: a side raised, died, or did not finish within ``timeout`` seconds.
     """
     ctx = mp.get_context("spawn")
-    go = ctx.Event()
-    sides = [(fn, ctx.Event(), ctx.Queue()) for fn in (receiver, sender)]
-    procs: list[Any] = []
+    go, finished = ctx.Event(), ctx.Event()
+    procs: list[tuple[Any, Any]] = []
     try:
-        for fn, ready, results in sides:
-            proc = ctx.Process(target=_child_main, args=(fn, spec, ready, go, results))
+        for fn in (receiver, sender):
+            ready, results = ctx.Event(), ctx.Queue()
+            proc = ctx.Process(target=_child_main, args=(fn, spec, (ready, go, finished), results))
             proc.start()
-            procs.append(proc)
+            procs.append((proc, results))
             _await_ready(proc, ready, results)
         go.set()
         deadline = time.monotonic() + timeout
         # Read the queues before join(): a child blocks on exit until its queue is drained.
-        queues = [results for _, _, results in sides]
-        reports = [_collect(p, q, deadline) for p, q in zip(procs, queues, strict=True)]
-        return PairResult(receiver=reports[0], sender=reports[1])
+        sender_report = _collect(*procs[1], deadline)
+        finished.set()
+        return PairResult(receiver=_collect(*procs[0], deadline), sender=sender_report)
     finally:
-        for proc in procs:
+        for proc, _ in procs:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
@@ -299,13 +306,17 @@ def machine_header(url: str, title: str) -> str:
 
 
 def _cpu_model() -> str:
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    # Virtual CPUs often report a bare brand ("AMD EPYC"); family/model pin the generation.
+    model = f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}"
+    model += f" model {fields.get('model', '?')}"
+    return model + (", VM guest)" if "hypervisor" in fields.get("flags", "").split() else ")")
 
 
 def _ram_gib() -> float:
@@ -347,12 +358,14 @@ def _git_revision() -> str:
 # --- command line and reporting --------------------------------------------------------------
 
 
-def base_parser(description: str, *, default_n: int, count_name: str) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, *, default_n: int, quick_n: int, count_name: str
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(f"--{count_name}", type=int, default=default_n, dest="n", metavar="N")
     parser.add_argument("--runs", type=int, default=5, help="runs per contender (median taken)")
     parser.add_argument(
-        "--quick", action="store_true", help=f"smoke run: {QUICK_MESSAGES:,} {count_name}, 1 run"
+        "--quick", action="store_true", help=f"smoke run: {quick_n:,} {count_name}, 1 run"
     )
     parser.add_argument("--only", default="", help="comma-separated contenders to run")
     parser.add_argument(
@@ -377,6 +390,13 @@ def selected(all_names: Sequence[str], only: str) -> list[str]:
     return [name for name in all_names if name in wanted]
 
 
+def agentbus_config(spec: SideSpec) -> Any:
+    """The contract's way to point agentbus at the private server and a fresh namespace."""
+    from agentbus import load_config
+
+    return load_config(redis_url=spec.url, overrides={"bus": {"namespace": spec.ns}})
+
+
 def agentbus_missing() -> str | None:
     """Why the agentbus contender cannot run (None when it can): the API may not exist yet."""
     try:
@@ -384,6 +404,15 @@ def agentbus_missing() -> str | None:
     except ImportError as exc:
         return f"agentbus.AgentBus is not importable yet ({exc})"
     return None
+
+
+def skip_unavailable(names: Sequence[str]) -> dict[str, str]:
+    """The agentbus contenders that cannot run, with the reason (printed as a NOTE)."""
+    reason = agentbus_missing()
+    skipped = {name: reason for name in names if name.startswith("agentbus") and reason}
+    for name, why in skipped.items():
+        print(f"NOTE       skipping {name}: {why}")
+    return skipped
 
 
 def median_or_nan(values: Sequence[float]) -> float:

@@ -22,13 +22,12 @@ import redis.asyncio
 from _common import (
     BATCH,
     GROUP,
-    QUICK_MESSAGES,
     IdTracker,
     Side,
     SideError,
     SideFn,
     SideSpec,
-    agentbus_missing,
+    agentbus_config,
     base_parser,
     batches,
     lost_and_duplicated,
@@ -39,6 +38,7 @@ from _common import (
     quiesce,
     run_pair,
     selected,
+    skip_unavailable,
     stall_watchdog,
     target_line,
     wait_acked,
@@ -46,6 +46,7 @@ from _common import (
 
 from agentbus.testing import RedisServer, unique_namespace
 
+QUICK_MESSAGES = 5_000
 CONTENDERS = ("raw", "agentbus", "agentbus-manual", "faststream-batch", "faststream-per-message")
 
 # ===== raw baseline: this exact code is what every ratio is measured against ==================
@@ -95,17 +96,11 @@ async def raw_consumer(side: Side) -> dict[str, Any]:
 _AGENTBUS_CONSUMER = "bench-consumer"
 
 
-def _agentbus_config(spec: SideSpec) -> Any:
-    from agentbus import load_config
-
-    return load_config(redis_url=spec.url, overrides={"bus": {"namespace": spec.ns}})
-
-
 async def agentbus_producer(side: Side) -> dict[str, Any]:
     from agentbus import AgentBus
 
     spec = side.spec
-    async with AgentBus("bench-producer", config=_agentbus_config(spec)) as bus:
+    async with AgentBus("bench-producer", config=agentbus_config(spec)) as bus:
         side.signal_ready()
         await side.wait_go()
         t_start = now()
@@ -124,7 +119,7 @@ async def agentbus_serve_consumer(side: Side) -> dict[str, Any]:
 
     spec = side.spec
     tracker = IdTracker(spec.n)
-    async with AgentBus(_AGENTBUS_CONSUMER, config=_agentbus_config(spec)) as bus:
+    async with AgentBus(_AGENTBUS_CONSUMER, config=agentbus_config(spec)) as bus:
 
         @bus.handler("bench")
         async def handle(msg: Any) -> None:
@@ -148,7 +143,7 @@ async def agentbus_manual_consumer(side: Side) -> dict[str, Any]:
     tracker = IdTracker(spec.n)
     t_done = float("nan")
     async with (
-        AgentBus(_AGENTBUS_CONSUMER, config=_agentbus_config(spec)) as bus,
+        AgentBus(_AGENTBUS_CONSUMER, config=agentbus_config(spec)) as bus,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(stall_watchdog, tracker, tg.cancel_scope, spec.stall_timeout)
@@ -310,7 +305,9 @@ def _timeout(n: int, spec: SideSpec) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = base_parser(__doc__ or "", default_n=100_000, count_name="messages")
+    parser = base_parser(
+        __doc__ or "", default_n=100_000, quick_n=QUICK_MESSAGES, count_name="messages"
+    )
     parser.add_argument(
         "--faststream-logging", action="store_true", help="keep FastStream's per-message logging"
     )
@@ -321,10 +318,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     n, runs = (QUICK_MESSAGES, 1) if args.quick else (args.n, args.runs)
     table = contenders(args.faststream_logging)
     names = selected(CONTENDERS, args.only)
-    skipped = _skip_unavailable(names)
 
     with RedisServer.start() as server:
         print(machine_header(server.url, "bus_throughput"))
+        skipped = skip_unavailable(names)
         print(f"workload   {n:,} messages of {{'i': i, 'body': 'x' * 64}}, batches of {BATCH}")
         print(f"runs       {runs}, contenders alternating: {', '.join(names)}\n")
         results: dict[str, list[RunResult | None]] = {name: [] for name in names}
@@ -336,14 +333,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[name].append(result)
         print()
         _print_summary(names, results, skipped)
-
-
-def _skip_unavailable(names: list[str]) -> dict[str, str]:
-    reason = agentbus_missing()
-    skipped = {name: reason for name in names if name.startswith("agentbus") and reason}
-    for name, why in skipped.items():
-        print(f"NOTE: skipping {name}: {why}", file=sys.stderr)
-    return skipped
 
 
 def _run_reported(
@@ -375,7 +364,7 @@ def _print_summary(
     print(header + f" {'dup':>4} {'ok runs':>8}")
     for name in names:
         if name in skipped:
-            print(f"{name:<24} skipped: {skipped[name]}")
+            print(f"{name:<24} skipped (see NOTE above)")
             continue
         done = [r for r in results[name] if r is not None]
         rates = [r.rate for r in done]
@@ -389,7 +378,7 @@ def _print_summary(
     empty: list[RunResult | None] = []
     agentbus, raw = results.get("agentbus", empty), results.get("raw", empty)
     fs_batch = results.get("faststream-batch", empty)
-    note = skipped.get("agentbus", "")
+    note = "agentbus skipped" if "agentbus" in skipped else ""
     print(target_line("agentbus/raw", median_or_nan(_ratios(agentbus, raw)), ">=", 0.90, note))
     print(
         target_line(

@@ -28,13 +28,13 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
+from .._errors import DecodeError
 from .._keys import CONSUMER_GROUP, Keys
 from ._dead_letters import dead_letter_fields
 from ._envelope import Envelope, decode_envelope, encode_envelope, now
 from ._message import Message
 from ._redis import BLOCK_MS, CONNECTION_ERRORS, Backoff, map_redis_errors
 from ._sender import Sender
-from .._errors import DecodeError
 
 Entry = tuple[str, dict[bytes, bytes] | None]
 Sink = Callable[[list[Message]], None]
@@ -281,7 +281,9 @@ class MailboxConsumer:
                 envelope_bytes=encode_envelope(message.envelope), error=error, handler=handler,
                 attempts=attempts, entry_id=message.entry_id,
             )  # fmt: skip
-            await self._settle_with(message, lambda pipe: pipe.xadd(self.dead_letter_stream, fields))
+            await self._settle_with(
+                message, lambda pipe: pipe.xadd(self.dead_letter_stream, fields)
+            )
             return
         if delay is None:
             delay = retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
@@ -303,9 +305,7 @@ class MailboxConsumer:
         message.settled = True
         await self._settle_with(message, lambda pipe: pipe.xadd(self.dead_letter_stream, fields))
 
-    async def _settle_with(
-        self, message: Message, write: Callable[[Any], Any]
-    ) -> None:
+    async def _settle_with(self, message: Message, write: Callable[[Any], Any]) -> None:
         """Write something (a dead letter, a retry) and XACK the entry in one MULTI."""
         try:
             with map_redis_errors("settling a message"):
@@ -352,4 +352,3 @@ def _entries(reply: Any) -> list[Entry]:
     # RESP2: [[stream, [(id, fields), ...]]]
     _, raw_entries = reply[0]
     return [(_text(entry_id), fields or None) for entry_id, fields in raw_entries]
-

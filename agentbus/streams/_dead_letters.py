@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._envelope import Envelope, decode_envelope
 from .._errors import DecodeError
+from ._envelope import Envelope, decode_envelope
 
 REASONS = ("error", "no-handler", "decode", "expired", "trimmed", "max-deliveries")
 

@@ -1,0 +1,448 @@
+"""``AgentBus``: one agent's connection to the family — mailbox, requests, events, leases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskGroup
+
+from ._config import Config, load_config
+from ._errors import BusClosedError, RemoteError, RequestTimeoutError
+from ._ids import new_instance_id, validate_agent_id, validate_name
+from ._keys import CONSUMER_GROUP, Keys
+from .streams._consumer import ConsumerSettings, MailboxConsumer, Sink
+from .streams._dead_letters import DeadLetter
+from .streams._envelope import Envelope
+from .streams._events import Subscription, publish
+from .streams._handlers import EffectKey, Handler, HandlerPool, HandlerSpec, MessageStream
+from .streams._lease import InstanceLease
+from .streams._mailbox_admin import (
+    MailboxStats,
+    list_dead_letters,
+    mailbox_stats,
+    purge_dead_letters,
+    replay_dead_letter,
+)
+from .streams._maintenance import run_delayed_mover, run_reclaimer, run_trimmer
+from .streams._message import Message
+from .streams._redis import make_client, map_redis_errors
+from .streams._replies import ReplyListener
+from .streams._scripts import Scripts
+from .streams._sender import ERROR_MESSAGE_HEADER, ERROR_TYPE_HEADER, Sender
+
+OutgoingMessage = tuple[str, str, Any]
+
+
+class AgentBus:
+    """One running instance of an agent on the bus.
+
+    Use as ``async with AgentBus("planner", config=cfg) as bus: ...``. Entering connects, takes the
+    instance lease (refreshed every TTL/3) and registers the agent; leaving releases the lease at
+    once, flushes acks and removes the reply stream.
+
+    Args:
+        agent_id: the agent (lower-case letters, digits, ``-``, ``_``, ``.``; 1-64 characters).
+        config: defaults to :func:`agentbus.load_config()`.
+        redis: use this client instead of creating one (the bus then does not close it, and its
+            retry settings are the caller's: redis-py retries commands by default, which can
+            duplicate an XADD).
+        instance_id: defaults to a random id; must follow the agent-id rule.
+        metadata: shown with the instance in presence and the dashboard.
+        batch_size / prefetch: how many entries one read takes / how many unsettled messages
+            this instance holds at most.
+        retry_base / retry_cap: retry backoff in seconds (doubling per attempt, with jitter).
+        reclaim_interval / trim_interval: seconds between reclaim rounds / retention trims.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        config: Config | None = None,
+        redis: aioredis.Redis | None = None,
+        instance_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        batch_size: int = 100,
+        prefetch: int = 200,
+        retry_base: float = 0.5,
+        retry_cap: float = 60.0,
+        reclaim_interval: float | None = None,
+        trim_interval: float = 10.0,
+    ) -> None:
+        self.agent_id = validate_agent_id(agent_id)
+        self.instance_id = validate_agent_id(instance_id or new_instance_id())
+        self.config = config if config is not None else load_config()
+        for name, value in (("batch_size", batch_size), ("prefetch", prefetch)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if prefetch < batch_size:
+            raise ValueError(f"prefetch ({prefetch}) must be at least batch_size ({batch_size})")
+        bus = self.config.bus
+        self.keys = Keys(bus.namespace)
+        self._client = redis if redis is not None else make_client(self.config.storage.redis.url)
+        self._owns_client = redis is None
+        self._scripts = Scripts(self._client)
+        self._sender = Sender(
+            self._client, self.keys, self._scripts, sender=self.agent_id,
+            max_payload_bytes=bus.max_payload_bytes, dedup_ttl=bus.dedup_ttl,
+        )  # fmt: skip
+        self._lease = InstanceLease(
+            self._client, self.keys, agent=self.agent_id, instance=self.instance_id,
+            ttl=bus.lease_ttl, metadata=dict(metadata or {}),
+        )  # fmt: skip
+        self._settings = ConsumerSettings(
+            max_deliveries=bus.max_deliveries, lease_ttl=bus.lease_ttl, dedup_ttl=bus.dedup_ttl,
+            batch_size=batch_size, prefetch=prefetch, retry_base=retry_base, retry_cap=retry_cap,
+        )  # fmt: skip
+        self._reclaim_interval = reclaim_interval or max(0.2, bus.lease_ttl / 3)
+        self._trim_interval = trim_interval
+        self._handlers: dict[str, HandlerSpec] = {}
+        self._replies = ReplyListener(
+            self._client, self.keys.reply(self.agent_id, self.instance_id)
+        )
+        self._replies_started = False
+        self._tg: TaskGroup | None = None
+        self._background = anyio.CancelScope()
+        self._consuming = False
+        self._consumers: list[MailboxConsumer] = []
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The bus's Redis client."""
+        return self._client
+
+    async def __aenter__(self) -> AgentBus:
+        if self._closed or self._tg is not None:
+            raise BusClosedError("an AgentBus can be entered once; create a new one")
+        try:
+            await self._lease.acquire()
+        except BaseException:
+            await self._close_client()
+            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._run_background)
+        return self
+
+    async def _run_background(self) -> None:
+        with self._background:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._lease.run)
+                tg.start_soon(self._sender.run)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        self._background.cancel()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # Do not leak an ExceptionGroup out of a public context manager.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            with anyio.move_on_after(3, shield=True):
+                await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        for consumer in self._consumers:
+            try:
+                await consumer.flush_acks()
+            except Exception:  # best effort: unflushed acks mean redelivery, not loss
+                pass
+        try:
+            await self._lease.release()
+            await self._client.delete(self._replies.stream)
+        except Exception:
+            pass
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the bus's background work. Idempotent; the ``async with`` block does the rest.
+
+        Any later call on the bus raises :class:`BusClosedError`.
+        """
+        self._closed = True
+        self._background.cancel()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def _check_open(self) -> TaskGroup:
+        if self._closed or self._tg is None:
+            raise BusClosedError(
+                "the bus is closed (or not started): use it inside `async with AgentBus(...)`"
+            )
+        return self._tg
+
+    # ---- sending -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        to: str,
+        type: str,
+        data: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+    ) -> str:
+        """Append a message to ``to``'s mailbox; returns its envelope id (UUIDv7).
+
+        A repeated ``idempotency_key`` (within ``bus.dedupTtl``) writes nothing and returns the
+        first message's id. Concurrent sends are pipelined together automatically.
+
+        Raises:
+            InvalidAgentIdError, InvalidNameError: bad recipient or type.
+            EncodeError, MessageTooLargeError: bad payload (nothing written).
+            BackendError: Redis failed. If cancelled or failed, the message may or may not have
+                been written: retry with the same ``idempotency_key`` to write it exactly once.
+        """
+        self._check_open()
+        outgoing = self._sender.build(
+            to, type, data, idempotency_key=idempotency_key, headers=headers, ttl=ttl
+        )
+        return await self._sender.write(outgoing)
+
+    async def send_many(
+        self, messages: Iterable[OutgoingMessage], *, ttl: float | None = None
+    ) -> list[str]:
+        """Send ``(to, type, data)`` tuples in one round trip; returns their envelope ids.
+
+        Every message is validated and encoded before anything is written.
+        """
+        self._check_open()
+        batch = [self._sender.build(to, type_, data, ttl=ttl) for to, type_, data in messages]
+        return await self._sender.write_many(batch)
+
+    async def broadcast(
+        self, type: str, data: Any = None, *, to: Iterable[str] | None = None
+    ) -> dict[str, str]:
+        """One message into each mailbox of ``to`` (default: every agent in the registry but
+        this one), written in one round trip; returns ``{agent: envelope id}``."""
+        self._check_open()
+        if to is None:
+            with map_redis_errors("reading the agent registry"):
+                names = await self._client.hkeys(self.keys.registry)
+            recipients = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+            recipients = [agent for agent in recipients if agent != self.agent_id]
+        else:
+            recipients = list(dict.fromkeys(to))
+        batch = [self._sender.build(agent, type, data) for agent in recipients]
+        ids = await self._sender.write_many(batch)
+        return dict(zip(recipients, ids, strict=True))
+
+    async def request(
+        self, to: str, type: str, data: Any = None, *, timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:  # fmt: skip
+        """Send a request and wait for the reply (a :class:`Message`; ``reply.data``).
+
+        The reply comes back on this instance's own reply stream. Requests are not retried:
+        a handler that raises answers with its error at once.
+
+        Raises:
+            RequestTimeoutError: no reply within ``timeout`` seconds (a late reply is dropped).
+            RemoteError: the remote handler raised; ``remote_type`` / ``remote_message`` say what.
+        """
+        tg = self._check_open()
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if not self._replies_started:
+            self._replies_started = True
+            await tg.start(self._replies.run)
+        outgoing = self._sender.build(
+            to, type, data, headers=headers, ttl=timeout, reply_to=self.instance_id
+        )
+        future = self._replies.expect(outgoing.envelope.id)
+        try:
+            with anyio.fail_after(timeout):
+                await self._sender.write(outgoing)
+                envelope = await future
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no reply from {to!r} to {type!r} within {timeout} s (is an instance of {to!r} "
+                "serving that type?)"
+            ) from None
+        finally:
+            self._replies.forget(outgoing.envelope.id)
+        return self._reply_message(envelope)
+
+    def _reply_message(self, envelope: Envelope) -> Message:
+        error_type = envelope.headers.get(ERROR_TYPE_HEADER)
+        if error_type is not None:
+            raise RemoteError(error_type, envelope.headers.get(ERROR_MESSAGE_HEADER, ""))
+        return Message(envelope, "", 1, _NO_CONSUMER)
+
+    # ---- consuming -----------------------------------------------------------------------
+
+    def handler(
+        self, type: str, *, effect_key: EffectKey | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Register ``fn`` for messages of ``type``; its return value answers requests.
+
+        ``effect_key(msg)`` names the handler's effect: once a delivery succeeded, a redelivery
+        of a message with the same key is acked without running the handler again.
+        """
+        validate_name("message type", type)
+
+        def register(fn: Handler) -> Handler:
+            if type in self._handlers:
+                raise ValueError(f"a handler for {type!r} is already registered")
+            name = getattr(fn, "__qualname__", repr(fn))
+            self._handlers[type] = HandlerSpec(type, fn, name, effect_key)
+            return fn
+
+        return register
+
+    async def serve(self, *, concurrency: int = 16) -> None:
+        """Run the registered handlers until cancelled (or the bus closes).
+
+        Acks after each handler returns; a handler that raises is retried with backoff and, after
+        ``bus.maxDeliveries`` attempts, dead-lettered with its error. Messages without a handler
+        are dead-lettered as ``no-handler``.
+        """
+        self._check_open()
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        consumer = self._start_consumer()
+        pool = HandlerPool(consumer, dict(self._handlers), concurrency)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pool.run)
+                await self._consume(consumer, pool.put)
+        finally:
+            self._stop_consumer(consumer)
+
+    def messages(self) -> MessageStream:
+        """Consume manually: ``async for msg in bus.messages(): ...; await msg.ack()``."""
+        tg = self._check_open()
+        consumer = self._start_consumer()
+        scope = anyio.CancelScope()
+        stream = MessageStream(scope.cancel)
+
+        async def run() -> None:
+            failure: BaseException | None = None
+            try:
+                with scope:
+                    await self._consume(consumer, stream.put)
+            except Exception as exc:
+                failure = exc
+            finally:
+                self._stop_consumer(consumer)
+                stream.finish(failure)
+
+        tg.start_soon(run)
+        return stream
+
+    def _start_consumer(self) -> MailboxConsumer:
+        if self._consuming:
+            raise RuntimeError("this bus is already consuming (serve() or messages())")
+        self._consuming = True
+        consumer = MailboxConsumer(
+            self._client, self.keys, self._sender, agent=self.agent_id,
+            instance=self.instance_id, settings=self._settings,
+        )  # fmt: skip
+        self._consumers.append(consumer)
+        return consumer
+
+    def _stop_consumer(self, consumer: MailboxConsumer) -> None:
+        self._consuming = False
+
+    async def _consume(self, consumer: MailboxConsumer, sink: Sink) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer.run_acker)
+                tg.start_soon(run_delayed_mover, consumer, self._scripts)
+                tg.start_soon(run_reclaimer, consumer, sink, self._reclaim_interval)
+                tg.start_soon(run_trimmer, consumer, self._scripts, self._trim_interval)
+                await consumer.run_reader(sink)
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await consumer.flush_acks()
+                except Exception:
+                    pass  # unflushed acks mean redelivery later, never loss
+
+    # ---- events --------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any = None) -> int:
+        """Publish an event (best effort); returns how many subscribers got it."""
+        self._check_open()
+        return await publish(
+            self._client, self.keys, self.agent_id, topic, data,
+            self.config.bus.max_payload_bytes,
+        )  # fmt: skip
+
+    def subscribe(self, *patterns: str) -> Subscription:
+        """Subscribe to topics by glob: ``async with bus.subscribe("task.*") as events``."""
+        self._check_open()
+        return Subscription(self._client, self.keys, patterns)
+
+    # ---- mailbox administration ----------------------------------------------------------
+
+    async def mailbox_stats(self, agent: str | None = None) -> MailboxStats:
+        self._check_open()
+        return await mailbox_stats(
+            self._client, self.keys, validate_agent_id(agent or self.agent_id)
+        )
+
+    async def dead_letters(self, agent: str | None = None, *, count: int = 100) -> list[DeadLetter]:
+        self._check_open()
+        target = validate_agent_id(agent or self.agent_id)
+        return await list_dead_letters(self._client, self.keys, target, count=count)
+
+    async def replay_dead_letter(self, envelope_id: str, *, agent: str | None = None) -> bool:
+        """Deliver a dead letter again (fresh attempts; idempotency keys are bypassed)."""
+        self._check_open()
+        target = validate_agent_id(agent or self.agent_id)
+        return await replay_dead_letter(self._client, self.keys, target, envelope_id)
+
+    async def purge_dead_letters(
+        self, *, agent: str | None = None, older_than: float | None = None
+    ) -> int:
+        self._check_open()
+        target = validate_agent_id(agent or self.agent_id)
+        return await purge_dead_letters(self._client, self.keys, target, older_than=older_than)
+
+    async def trim_mailbox(self) -> int:
+        """Drop acked entries now (retention also runs by itself while consuming)."""
+        self._check_open()
+        with map_redis_errors("trimming the mailbox"):
+            result = await self._scripts.trim(
+                keys=[self.keys.mailbox(self.agent_id)], args=[CONSUMER_GROUP]
+            )
+        return int(result)
+
+
+class _NoConsumer:
+    """Replies are messages nobody settles; settling one is a no-op."""
+
+    def ack(self, message: Message, effect_key: str | None = None) -> None:
+        return None
+
+    async def retry_or_dead_letter(self, message: Message, **_: Any) -> None:
+        return None
+
+    async def reply(self, message: Message, data: Any) -> None:
+        return None
+
+
+_NO_CONSUMER: Any = _NoConsumer()
