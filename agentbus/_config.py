@@ -214,7 +214,8 @@ def _parse_storage(raw: Mapping[str, Any], source: str) -> StorageConfig:
                 _check_url(pg[key], ("postgres", "postgresql"), f"storage.postgres.{key}", source)
     elif backend != "sqlite":
         raise ConfigError(
-            f"{source}: storage.backend is {backend!r} but there is no storage.postgres section; add "
+            f"{source}: storage.backend is {backend!r} but there is no storage.postgres section; "
+            "add "
             f'"postgres": {{"connectionString": "{DEFAULT_APP_URL}"}} '
             "(scripts/setup-postgres.sh prints the connection strings)"
         )
@@ -286,7 +287,7 @@ def _routing(
             f"{list(write_to)!r} is not allowed; backend {backend!r} needs {allowed[backend]} "
             "(or leave readFrom/writeTo out to get exactly that)"
         )
-    return cast(Target, read_from), cast(tuple[Target, ...], write_to)
+    return cast(Target, read_from), write_to
 
 
 def _check_shape(raw: Mapping[str, Any], section: str, source: str) -> None:

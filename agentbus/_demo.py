@@ -28,8 +28,8 @@ async def _check_redis(config: Config) -> dict[str, str]:
         settings |= await client.config_get("maxmemory-policy")
         return {
             "redis_version": str(info.get("redis_version")),
-            "appendonly": settings["appendonly"],
-            "maxmemory-policy": settings["maxmemory-policy"],
+            "appendonly": str(settings["appendonly"]),
+            "maxmemory-policy": str(settings["maxmemory-policy"]),
         }
     finally:
         await client.aclose()

@@ -13,7 +13,7 @@ Every error is an ``AgentBusError``; where a builtin fits, the error inherits it
     │   ├── EncodeError (TypeError)               data msgspec cannot encode
     │   └── DecodeError (ValueError)              an entry that is not a valid envelope
     ├── RequestTimeoutError (TimeoutError)        no reply within the deadline
-    ├── RemoteError                               the remote handler raised; carries its type and text
+    ├── RemoteError                               the remote handler raised (its type, text)
     ├── LockError
     │   ├── LockNotAcquiredError                  the lock is held by somebody else
     │   └── LockLostError                         renewal could not be confirmed in time

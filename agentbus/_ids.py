@@ -49,8 +49,9 @@ def validate_name(kind: str, name: object) -> str:
 def uuid7() -> str:
     """A time-ordered UUIDv7 (RFC 9562) as text.
 
-    48 bits of Unix milliseconds, then random bits, so ids sort by creation time and two backends can
-    hold the same row under the same id. Python 3.11 has no ``uuid.uuid7``; the layout is ten lines.
+    48 bits of Unix milliseconds, then random bits, so ids sort by creation time and two
+    backends can hold the same row under the same id. Python 3.11 has no ``uuid.uuid7``; the
+    layout is ten lines.
     """
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")

@@ -2,7 +2,7 @@
 
 Layout (``ns`` is ``bus.namespace``, default ``agentbus``)::
 
-    ns:{agent}:mbox               stream, one consumer group "workers" shared by the agent's instances
+    ns:{agent}:mbox               stream; one consumer group "workers" for all instances
     ns:{agent}:dlq                stream of dead letters
     ns:{agent}:delayed            sorted set: retries due later (score = due time in ms)
     ns:{agent}:dedup:{key}        string: idempotency key -> first envelope id (expires, dedupTtl)

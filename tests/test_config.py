@@ -101,8 +101,7 @@ def test_argentos_storage_section_works_unchanged() -> None:
             "backend": "dual",
             "readFrom": "postgres",
             "writeTo": ["sqlite", "postgres"],
-            "postgres": {"connectionString": "postgres://localhost:5433/argentos",
-                         "maxConnections": 10},  # fmt: skip
+            "postgres": {"connectionString": "postgres://localhost:5433/argentos"},
             "redis": {"host": "localhost", "port": 6380, "db": 0},
         }
     }
@@ -181,7 +180,7 @@ def test_missing_and_malformed_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.json")
     monkeypatch.setenv("AGENTBUS_CONFIG", str(tmp_path / "gone.json"))
-    with pytest.raises(ConfigError, match="gone.json: no such config file"):
+    with pytest.raises(ConfigError, match=r"gone\.json: no such config file"):
         load_config()
     broken = tmp_path / "broken.json"
     broken.write_text('{"bus": {')

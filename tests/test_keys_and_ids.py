@@ -16,7 +16,10 @@ def test_valid_agent_ids(agent: str) -> None:
     assert validate_agent_id(agent) == agent
 
 
-@pytest.mark.parametrize("agent", ["", "A", "Planner", "a b", "a{b}", "a:b", "é", "0" * 65, None, 7])
+BAD_IDS = ["", "A", "Planner", "a b", "a{b}", "a:b", "é", "0" * 65, None, 7]
+
+
+@pytest.mark.parametrize("agent", BAD_IDS)
 def test_invalid_agent_ids_name_the_rule(agent: object) -> None:
     """A bad id is a ValueError whose message states the rule."""
     with pytest.raises(InvalidAgentIdError, match="lower-case letters") as caught:

@@ -31,12 +31,12 @@ import redis.exceptions as redis_errors
 from .._errors import DecodeError
 from .._keys import CONSUMER_GROUP, Keys
 from ._dead_letters import dead_letter_fields
-from ._envelope import Envelope, decode_envelope, encode_envelope, now
+from ._envelope import decode_envelope, encode_envelope, now
 from ._message import Message
+from ._narrow import Entry, pending_rows, read_entries
 from ._redis import BLOCK_MS, CONNECTION_ERRORS, Backoff, map_redis_errors
 from ._sender import Sender
 
-Entry = tuple[str, dict[bytes, bytes] | None]
 Sink = Callable[[list[Message]], None]
 
 _member_encoder = msgspec.msgpack.Encoder()
@@ -110,19 +110,19 @@ class MailboxConsumer:
                         CONSUMER_GROUP, self.instance, {self.mailbox: ">"},
                         count=count, block=BLOCK_MS,
                     )  # fmt: skip
-                    entries = _entries(reply)
-                    await self._dispatch(entries, sink, None)
+                    entries = read_entries(reply)
+                    await self.dispatch(entries, sink, None)
                 else:
                     reply = await self.client.xreadgroup(
                         CONSUMER_GROUP, self.instance, {self.mailbox: cursor}, count=count
                     )
-                    entries = _entries(reply)
+                    entries = read_entries(reply)
                     if not entries:
                         cursor = None
                         continue
                     cursor = entries[-1][0]
                     fresh = [e for e in entries if e[0] not in self.in_flight]
-                    await self._dispatch(fresh, sink, await self._delivery_counts(fresh))
+                    await self.dispatch(fresh, sink, await self._delivery_counts(fresh))
                 backoff.reset()
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -149,16 +149,20 @@ class MailboxConsumer:
         """How often each re-read pending entry was delivered (XREADGROUP does not say)."""
         if not entries:
             return {}
-        rows = await self.client.xpending_range(
+        rows = pending_rows(await self.client.xpending_range(
             self.mailbox, CONSUMER_GROUP, entries[0][0], entries[-1][0], len(entries) + 10,
             consumername=self.instance,
-        )  # fmt: skip
-        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        ))  # fmt: skip
+        return {row.entry_id: row.times_delivered for row in rows}
 
-    async def _dispatch(
+    async def dispatch(
         self, entries: Iterable[Entry], sink: Sink, counts: dict[str, int] | None
-    ) -> None:
-        """Turn entries into messages; dead-letter those that cannot be handled."""
+    ) -> int:
+        """Turn entries into messages for ``sink``; dead-letter those that cannot be handled.
+
+        ``counts`` holds each entry's delivery count when it is not a first delivery (re-read
+        pending entries, entries claimed from a dead instance). Returns how many went to sink.
+        """
         batch: list[Message] = []
         dead: list[dict[str, Any]] = []
         current = now()
@@ -196,12 +200,7 @@ class MailboxConsumer:
             self.in_flight.update(m.entry_id for m in batch)
             self._outstanding += len(batch)
             sink(batch)
-
-    def dispatch_claimed(self, messages: list[Message], sink: Sink) -> None:
-        """Hand entries claimed from a dead instance to the sink."""
-        self.in_flight.update(m.entry_id for m in messages)
-        self._outstanding += len(messages)
-        sink(messages)
+        return len(batch)
 
     def _free_slots(self) -> int:
         return max(0, self.settings.prefetch - self._outstanding)
@@ -319,7 +318,7 @@ class MailboxConsumer:
             self.in_flight.discard(message.entry_id)
             self._settled_locally()
 
-    async def write_dead_letters(self, dead: list[dict[str, Any]]) -> None:
+    async def write_dead_letters(self, dead: list[dict[Any, Any]]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
             for fields in dead:
                 pipe.xadd(self.dead_letter_stream, fields)
@@ -336,19 +335,3 @@ class MailboxConsumer:
         if envelope.reply_to is None:
             return
         await self.sender.reply(envelope, data, error=error, ttl=self.settings.reply_ttl)
-
-    def make_message(self, envelope: Envelope, entry_id: str, deliveries: int) -> Message:
-        return Message(envelope, entry_id, deliveries, self)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _entries(reply: Any) -> list[Entry]:
-    """Narrow XREADGROUP's reply to [(entry id, fields or None when deleted)]."""
-    if not reply:
-        return []
-    # RESP2: [[stream, [(id, fields), ...]]]
-    _, raw_entries = reply[0]
-    return [(_text(entry_id), fields or None) for entry_id, fields in raw_entries]

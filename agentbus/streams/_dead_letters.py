@@ -45,7 +45,7 @@ def traceback_summary(error: BaseException, limit: int = 6) -> str:
     return "".join(traceback.format_list(frames)).strip()
 
 
-def dead_letter_fields(
+def dead_letter_fields(  # the XADD fields of one dead letter
     *,
     reason: str,
     envelope: Envelope | None,
@@ -56,7 +56,7 @@ def dead_letter_fields(
     attempts: int = 0,
     entry_id: str = "",
 ) -> dict[str, Any]:
-    fields: dict[str, Any] = {
+    fields: dict[Any, Any] = {
         "reason": reason,
         "dead_at": repr(time.time()),
         "attempts": attempts,

@@ -95,7 +95,7 @@ class Subscription:
         try:
             await pubsub.psubscribe(*self._channels)
         except BaseException:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
 
@@ -103,7 +103,7 @@ class Subscription:
         backoff = Backoff()
         if self._pubsub is not None:
             with anyio.move_on_after(2, shield=True):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None
         while not self._closed:
             try:
@@ -142,4 +142,4 @@ class Subscription:
         if self._pubsub is not None:
             pubsub, self._pubsub = self._pubsub, None
             with anyio.move_on_after(2, shield=True):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from .._keys import CONSUMER_GROUP, Keys
 from ._dead_letters import DeadLetter, parse_dead_letter
 from ._envelope import encode_envelope
+from ._narrow import entries, text
 from ._redis import map_redis_errors
 
 
@@ -47,7 +48,7 @@ async def mailbox_stats(client: aioredis.Redis, keys: Keys, agent: str) -> Mailb
             length, delayed, dead, groups, oldest = await pipe.execute(raise_on_error=False)
     if isinstance(groups, Exception):  # no stream yet
         groups, oldest = [], []
-    group = next((g for g in groups if _text(g["name"]) == CONSUMER_GROUP), None)
+    group = next((g for g in groups if text(g["name"]) == CONSUMER_GROUP), None)
     if group is None:
         depth, pending = int(length), 0
     else:
@@ -68,8 +69,8 @@ async def list_dead_letters(
 ) -> list[DeadLetter]:
     """The oldest ``count`` dead letters of ``agent``."""
     with map_redis_errors("reading dead letters"):
-        entries = await client.xrange(keys.dead_letters(agent), count=count)
-    return [parse_dead_letter(entry_id, fields) for entry_id, fields in entries]
+        rows = entries(await client.xrange(keys.dead_letters(agent), count=count))
+    return [parse_dead_letter(entry_id, fields or {}) for entry_id, fields in rows]
 
 
 async def replay_dead_letter(
@@ -82,8 +83,8 @@ async def replay_dead_letter(
     """
     stream = keys.dead_letters(agent)
     with map_redis_errors("replaying a dead letter"):
-        for entry_id, fields in await client.xrange(stream):
-            letter = parse_dead_letter(entry_id, fields)
+        for entry_id, fields in entries(await client.xrange(stream)):
+            letter = parse_dead_letter(entry_id, fields or {})
             if letter.envelope_id != envelope_id or letter.envelope is None:
                 continue
             fresh = msgspec.structs.replace(letter.envelope, deliveries=0)
@@ -109,7 +110,3 @@ async def purge_dead_letters(
             return count
         min_id = f"{int((time.time() - older_than) * 1000)}-0"
         return int(await client.xtrim(stream, minid=min_id))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

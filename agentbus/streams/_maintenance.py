@@ -18,12 +18,11 @@ from typing import Any
 import anyio
 import redis.exceptions as redis_errors
 
-from .._errors import DecodeError
 from .._ids import is_valid_agent_id
 from .._keys import CONSUMER_GROUP
-from ._consumer import MailboxConsumer, Sink, _text
+from ._consumer import MailboxConsumer, Sink
 from ._dead_letters import dead_letter_fields
-from ._envelope import decode_envelope
+from ._narrow import entries, pending_consumers, pending_rows, text
 from ._redis import CONNECTION_ERRORS, Backoff
 from ._scripts import Scripts
 
@@ -68,11 +67,8 @@ async def run_reclaimer(consumer: MailboxConsumer, sink: Sink, interval: float) 
 async def reclaim_once(consumer: MailboxConsumer, sink: Sink) -> int:
     """Claim the pending entries of consumers whose lease is gone; returns how many."""
     client, keys = consumer.client, consumer.keys
-    summary = await client.xpending(consumer.mailbox, CONSUMER_GROUP)
-    others = [
-        _text(row["name"]) for row in summary.get("consumers") or []
-        if _text(row["name"]) != consumer.instance
-    ]  # fmt: skip
+    summary = pending_consumers(await client.xpending(consumer.mailbox, CONSUMER_GROUP))
+    others = [name for name in summary if name != consumer.instance]
     if not others:
         return 0
     async with client.pipeline(transaction=False) as pipe:
@@ -96,13 +92,13 @@ def _lease_name(consumer_name: str) -> str:
 
 async def _claim_from(consumer: MailboxConsumer, sink: Sink, name: str, min_idle_ms: int) -> int:
     client = consumer.client
-    rows = await client.xpending_range(
+    rows = pending_rows(await client.xpending_range(
         consumer.mailbox, CONSUMER_GROUP, "-", "+", _RECLAIM_BATCH,
         consumername=name, idle=min_idle_ms,
-    )  # fmt: skip
+    ))  # fmt: skip
     if not rows:
         return 0
-    times = {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+    times = {row.entry_id: row.times_delivered for row in rows}
     ids = list(times)
     # XCLAIM silently drops entries that were deleted from the stream; find them first so that
     # they are dead-lettered as "trimmed" instead of vanishing.
@@ -116,34 +112,12 @@ async def _claim_from(consumer: MailboxConsumer, sink: Sink, name: str, min_idle
     alive_ids = [entry_id for entry_id in ids if entry_id not in gone]
     if not alive_ids:
         return 0
-    entries = await client.xclaim(
-        consumer.mailbox, CONSUMER_GROUP, consumer.instance, min_idle_ms, alive_ids
-    )
-    messages = []
-    dead: list[dict[str, Any]] = []
-    for raw_id, fields in entries:
-        entry_id = _text(raw_id)
-        try:
-            envelope = decode_envelope(fields[b"env"])
-        except (KeyError, TypeError, DecodeError) as exc:
-            dead.append(dead_letter_fields(
-                reason="decode", envelope=None, envelope_bytes=None, raw_fields=fields or {},
-                error=exc, entry_id=entry_id,
-            ))  # fmt: skip
-            continue
-        deliveries = envelope.deliveries + times[entry_id] + 1
-        if deliveries > consumer.settings.max_deliveries:
-            dead.append(dead_letter_fields(
-                reason="max-deliveries", envelope=envelope, envelope_bytes=fields[b"env"],
-                attempts=deliveries - 1, entry_id=entry_id,
-            ))  # fmt: skip
-            continue
-        messages.append(consumer.make_message(envelope, entry_id, deliveries))
-    if dead:
-        await consumer.write_dead_letters(dead)
-    if messages:
-        consumer.dispatch_claimed(messages, sink)
-    return len(messages)
+    claimed = entries(await client.xclaim(
+        consumer.mailbox, CONSUMER_GROUP, consumer.instance, min_idle_ms, list[Any](alive_ids)
+    ))  # fmt: skip
+    # XCLAIM counted one more delivery.
+    counts = {entry_id: times[entry_id] + 1 for entry_id, _ in claimed}
+    return await consumer.dispatch(claimed, sink, counts)
 
 
 async def _dead_letter_trimmed(consumer: MailboxConsumer, entry_ids: list[str]) -> None:
@@ -171,7 +145,7 @@ async def _forget_dead_consumers(consumer: MailboxConsumer) -> None:
     """XGROUP DELCONSUMER for consumers with no lease and nothing pending (never before)."""
     client = consumer.client
     rows = await client.xinfo_consumers(consumer.mailbox, CONSUMER_GROUP)
-    idle = [_text(r["name"]) for r in rows if int(r["pending"]) == 0]
+    idle = [text(r["name"]) for r in rows if int(r["pending"]) == 0]
     idle = [name for name in idle if name != consumer.instance]
     if not idle:
         return

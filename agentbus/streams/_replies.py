@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from .._errors import DecodeError
 from ._envelope import Envelope, decode_envelope
+from ._narrow import read_entries
 from ._redis import BLOCK_MS, CONNECTION_ERRORS, Backoff
 
 _TRIM_EVERY = 256  # replies read between trims of the stream
@@ -49,8 +50,8 @@ class ReplyListener:
                 continue
             if not reply:
                 continue
-            for entry_id, fields in reply[0][1]:
-                self._last_id = entry_id.decode()
+            for entry_id, fields in read_entries(reply):
+                self._last_id = entry_id
                 read_since_trim += 1
                 self._resolve(fields)
             if read_since_trim >= _TRIM_EVERY:

@@ -211,7 +211,7 @@ class Sender:
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         if len(commands) == 1:
             try:
-                return [await self._client.execute_command(*commands[0])]
+                return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
             except redis_errors.ResponseError as exc:
                 return [exc]
         async with self._client.pipeline(transaction=False) as pipe:

@@ -1,6 +1,6 @@
 """Test against real servers the way agentbus does: private redis-server and PostgreSQL processes.
 
-Use the fixtures with ``pytest_plugins = ["agentbus.testing.pytest_plugin"]`` or the classes directly.
+Use the fixtures (``pytest_plugins = ["agentbus.testing.pytest_plugin"]``) or the classes.
 """
 
 from ._errors import ServerUnavailableError as ServerUnavailableError
