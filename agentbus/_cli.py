@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Handler failures and retries are logged as warnings; show them plainly.
+    logging.basicConfig(format="  [agentbus] %(message)s", level=logging.WARNING)
     try:
         config = load_config(args.config, redis_url=args.redis_url, sqlite_path=args.sqlite_path)
         if args.command == "config":

@@ -1,7 +1,8 @@
 """What ``agentbus demo`` shows: the embedded default, end to end.
 
-It grows with the project; for now it resolves the configuration, proves the project Redis answers
-and is configured for a bus (AOF, noeviction), and creates the SQLite file.
+It grows with the project. Now: the resolved configuration, the project Redis (and that it is
+configured for a bus), the SQLite file, and two agents on the bus — a message, a request/reply,
+an event, and a poison message that ends in the dead letters and is replayed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import sqlite3
 import anyio
 import redis.asyncio as aioredis
 
+from ._bus import AgentBus
 from ._config import Config
+from ._errors import RemoteError
+from ._ids import uuid7
+from .streams import Message
 
 
 def _say(text: str = "") -> None:
@@ -46,19 +51,84 @@ def _create_sqlite(config: Config) -> str:
         connection.close()
 
 
+async def _two_agents(config: Config) -> None:
+    """A planner and a researcher: a task, a question, an event, and a poison message."""
+    planner_id, researcher_id = "demo-planner", "demo-researcher"
+    task_key = f"task-{uuid7()}"  # a new task per run; resending it within the run is a no-op
+    handled = anyio.Event()
+    async with (
+        AgentBus(planner_id, config=config) as planner,
+        AgentBus(researcher_id, config=config, retry_base=0.05) as researcher,
+    ):
+
+        @researcher.handler("task.assign")
+        async def on_task(msg: Message) -> None:
+            _say(f"  {researcher_id} got {msg.type} {msg.data} from {msg.sender}")
+            handled.set()
+
+        @researcher.handler("question")
+        async def on_question(msg: Message) -> dict[str, str]:
+            return {"answer": f"{msg.data['q']} -> 42"}
+
+        @researcher.handler("poison")
+        async def on_poison(msg: Message) -> None:
+            raise ValueError(f"cannot digest {msg.data!r} (attempt {msg.deliveries})")
+
+        async with anyio.create_task_group() as tg, planner.subscribe("task.*") as events:
+            tg.start_soon(researcher.serve)
+            task_id = await planner.send(
+                researcher_id,
+                "task.assign",
+                {"task": "read the changelog"},
+                idempotency_key=task_key,
+            )
+            again = await planner.send(
+                researcher_id,
+                "task.assign",
+                {"task": "read the changelog"},
+                idempotency_key=task_key,
+            )
+            _say(f"  {planner_id} sent task.assign {task_id} (resent with the same "
+                 f"idempotency key: same id {again == task_id})")  # fmt: skip
+            await handled.wait()
+            reply = await planner.request(researcher_id, "question", {"q": "meaning"}, timeout=5)
+            _say(f"  request/reply: {reply.data}")
+            await researcher.publish("task.done", {"task_id": task_id})
+            with anyio.fail_after(5):
+                async for event in events:
+                    _say(f"  event {event.topic} from {event.sender}: {event.data}")
+                    break
+            poison_id = await planner.send(researcher_id, "poison", {"bad": True})
+            letters = []
+            with anyio.fail_after(10):
+                while not letters:
+                    letters = [d for d in await researcher.dead_letters()
+                               if d.envelope_id == poison_id]  # fmt: skip
+                    await anyio.sleep(0.05)
+            letter = letters[0]
+            _say(f"  dead letter {letter.envelope_id}: reason={letter.reason} after "
+                 f"{letter.attempts} attempts, {letter.error_type}: "
+                 f"{letter.error_message}")  # fmt: skip
+            stats = await researcher.mailbox_stats()
+            _say(f"  {researcher_id} mailbox: depth={stats.depth} pending={stats.pending} "
+                 f"dead_letters={stats.dead_letters}")  # fmt: skip
+            try:
+                await planner.request(researcher_id, "poison", {}, timeout=5)
+            except RemoteError as exc:
+                _say(f"  a failing request answers at once with RemoteError: {exc}")
+            await researcher.purge_dead_letters()
+            tg.cancel_scope.cancel()
+
+
 def run_demo(config: Config) -> int:
     _say(f"agentbus demo — configuration from {config.source}")
-    _say(
-        json.dumps(
-            {
-                "backend": config.storage.backend,
-                "redis": config.storage.redis.url,
-                "sqlite": str(config.storage.sqlite.path),
-                "namespace": config.bus.namespace,
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "backend": config.storage.backend,
+        "redis": config.storage.redis.url,
+        "sqlite": str(config.storage.sqlite.path),
+        "namespace": config.bus.namespace,
+    }
+    _say(json.dumps(summary, indent=2))
     redis_facts = anyio.run(_check_redis, config)
     _say(
         f"redis {config.storage.redis.url} answers PING: version {redis_facts['redis_version']}, "
@@ -69,8 +139,8 @@ def run_demo(config: Config) -> int:
         _say("  warning: a bus needs maxmemory-policy noeviction, or Redis may drop messages")
     journal = _create_sqlite(config)
     _say(f"sqlite {config.storage.sqlite.path} ready (journal_mode={journal})")
-    _say(
-        "the embedded default runs: agent mailboxes, events, presence and locks on this Redis; "
-        "memory, tasks and teams in this SQLite file"
-    )
+    _say("two agents on the bus:")
+    anyio.run(_two_agents, config)
+    _say("done: mailboxes, request/reply, events and dead letters on this Redis; memory, tasks "
+         "and teams will live in the SQLite file")  # fmt: skip
     return 0

@@ -39,8 +39,6 @@ from ._sender import Sender
 
 Sink = Callable[[list[Message]], None]
 
-_member_encoder = msgspec.msgpack.Encoder()
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ConsumerSettings:
@@ -287,7 +285,8 @@ class MailboxConsumer:
         if delay is None:
             delay = retry_delay(attempts, self.settings.retry_base, self.settings.retry_cap)
         retried = msgspec.structs.replace(message.envelope, deliveries=attempts)
-        member = _member_encoder.encode([retried.type, retried.sender, encode_envelope(retried)])
+        # promote_due.lua splits the member at its first two newlines.
+        member = f"{retried.type}\n{retried.sender}\n".encode() + encode_envelope(retried)
         due_ms = int((now() + max(0.0, delay)) * 1000)
         await self._settle_with(message, lambda pipe: pipe.zadd(self.delayed, {member: due_ms}))
         self.retry_scheduled.set()
