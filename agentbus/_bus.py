@@ -14,12 +14,12 @@ from ._config import Config, load_config
 from ._errors import BusClosedError, RemoteError, RequestTimeoutError
 from ._ids import new_instance_id, validate_agent_id, validate_name
 from ._keys import CONSUMER_GROUP, Keys
+from .presence._lease import InstanceLease
 from .streams._consumer import ConsumerSettings, MailboxConsumer, Sink
 from .streams._dead_letters import DeadLetter
 from .streams._envelope import Envelope
 from .streams._events import Subscription, publish
 from .streams._handlers import EffectKey, Handler, HandlerPool, HandlerSpec, MessageStream
-from .streams._lease import InstanceLease
 from .streams._mailbox_admin import (
     MailboxStats,
     list_dead_letters,
@@ -106,7 +106,7 @@ class AgentBus:
         )
         self._replies_started = False
         self._tg: TaskGroup | None = None
-        self._background = anyio.CancelScope()
+        self._background: anyio.CancelScope | None = None  # needs the event loop: made on entry
         self._consuming = False
         self._consumers: list[MailboxConsumer] = []
         self._closed = False
@@ -126,12 +126,14 @@ class AgentBus:
         except BaseException:
             await self._close_client()
             raise
+        self._background = anyio.CancelScope()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._run_background)
         return self
 
     async def _run_background(self) -> None:
+        assert self._background is not None
         with self._background:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._lease.run)
@@ -144,8 +146,9 @@ class AgentBus:
         tb: TracebackType | None,
     ) -> None:
         self._closed = True
-        self._background.cancel()
         assert self._tg is not None
+        assert self._background is not None
+        self._background.cancel()
         self._tg.cancel_scope.cancel()
         try:
             await self._tg.__aexit__(exc_type, exc, tb)
@@ -181,7 +184,8 @@ class AgentBus:
         Any later call on the bus raises :class:`BusClosedError`.
         """
         self._closed = True
-        self._background.cancel()
+        if self._background is not None:
+            self._background.cancel()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 

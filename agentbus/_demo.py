@@ -17,7 +17,7 @@ from ._bus import AgentBus
 from ._config import Config
 from ._errors import RemoteError
 from ._ids import uuid7
-from .streams import Message
+from .streams import DeadLetter, Message
 
 
 def _say(text: str = "") -> None:
@@ -99,7 +99,7 @@ async def _two_agents(config: Config) -> None:
                     _say(f"  event {event.topic} from {event.sender}: {event.data}")
                     break
             poison_id = await planner.send(researcher_id, "poison", {"bad": True})
-            letters = []
+            letters: list[DeadLetter] = []
             with anyio.fail_after(10):
                 while not letters:
                     letters = [d for d in await researcher.dead_letters()

@@ -33,7 +33,8 @@ class HandlerPool:
     """``concurrency`` workers that take messages from one queue and run their handlers.
 
     A worker drains the queue without yielding while handlers do not suspend, so a batch of quick
-    handlers costs no task switch per message; handlers that wait on I/O let other workers in.
+    handlers costs no task switch per message; handlers that wait on I/O let the other workers
+    (woken when the batch arrived) take the next messages.
     """
 
     def __init__(
@@ -42,11 +43,16 @@ class HandlerPool:
         self._consumer = consumer
         self._handlers = handlers
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._queue: deque[Message] = deque()
+        self._idle: list[asyncio.Future[None]] = []
 
     def put(self, batch: list[Message]) -> None:
-        for message in batch:
-            self._queue.put_nowait(message)
+        self._queue.extend(batch)
+        wake = min(len(batch), len(self._idle))
+        for future in self._idle[-wake:]:
+            if not future.done():
+                future.set_result(None)
+        del self._idle[len(self._idle) - wake :]
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -54,14 +60,20 @@ class HandlerPool:
                 tg.start_soon(self._worker)
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
         while True:
-            message = await self._queue.get()
-            try:
-                await self.handle(message)
-            except BackendError as exc:
-                # Settling failed (Redis went away); the entry is still pending and the reader
-                # re-reads it after reconnecting.
-                logger.warning("could not settle %r: %s", message, exc)
+            while queue:
+                message = queue.popleft()
+                try:
+                    await self.handle(message)
+                except BackendError as exc:
+                    # Settling failed (Redis went away); the entry is still pending and the
+                    # reader re-reads it after reconnecting.
+                    logger.warning("could not settle %r: %s", message, exc)
+            idle = loop.create_future()
+            self._idle.append(idle)
+            await idle
 
     async def handle(self, message: Message) -> None:
         consumer = self._consumer
