@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -11,10 +12,23 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskGroup
 
 from ._config import Config, load_config
-from ._errors import BusClosedError, RemoteError, RequestTimeoutError
+from ._errors import BackendError, BusClosedError, RemoteError, RequestTimeoutError
 from ._ids import new_instance_id, validate_agent_id, validate_name
-from ._keys import CONSUMER_GROUP, Keys
+from ._keys import CONSUMER_GROUP, FAMILY, Keys
+from .presence._heartbeat import HeartbeatRun, HeartbeatScripts, last_heartbeat, run_heartbeat
 from .presence._lease import InstanceLease
+from .presence._locks import Lock, LockScripts, fenced_write, read_fenced
+from .presence._presence import (
+    SWEEP_INTERVAL,
+    PresenceScripts,
+    PresenceSnapshot,
+    is_online,
+    online,
+    sweep,
+)
+from .presence._snapshot import FamilySnapshot, snapshot
+from .presence._state import AgentState, get_state, set_state
+from .presence._watch import PresenceWatch
 from .streams._consumer import ConsumerSettings, MailboxConsumer, Sink
 from .streams._dead_letters import DeadLetter
 from .streams._envelope import Envelope
@@ -86,6 +100,7 @@ class AgentBus:
         self._client = redis if redis is not None else make_client(self.config.storage.redis.url)
         self._owns_client = redis is None
         self._scripts = Scripts(self._client)
+        self._lock_scripts = LockScripts(self._client)
         self._sender = Sender(
             self._client, self.keys, self._scripts, sender=self.agent_id,
             max_payload_bytes=bus.max_payload_bytes, dedup_ttl=bus.dedup_ttl,
@@ -138,6 +153,17 @@ class AgentBus:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._lease.run)
                 tg.start_soon(self._sender.run)
+                tg.start_soon(self._sweep_presence)
+
+    async def _sweep_presence(self) -> None:
+        """Remove dead instances from presence (gated to one sweep a second family-wide)."""
+        scripts = PresenceScripts(self._client)
+        while True:
+            await anyio.sleep(SWEEP_INTERVAL * random.uniform(0.8, 1.2))
+            try:
+                await sweep(self._client, self.keys, scripts)
+            except BackendError:
+                continue  # Redis is away; the lease loop reconnects
 
     async def __aexit__(
         self,
@@ -434,6 +460,110 @@ class AgentBus:
                 keys=[self.keys.mailbox(self.agent_id)], args=[CONSUMER_GROUP]
             )
         return int(result)
+
+    # ---- presence, state, locks, heartbeats, snapshot --------------------------------------
+
+    async def online(self) -> PresenceSnapshot:
+        """Every online agent with its instances (since, last seen, metadata); one round trip."""
+        self._check_open()
+        return await online(self._client, self.keys)
+
+    async def is_online(self, agent: str) -> bool:
+        self._check_open()
+        return await is_online(self._client, self.keys, validate_agent_id(agent))
+
+    def watch_presence(self) -> PresenceWatch:
+        """A snapshot of who is online, then join/leave/update diffs in version order."""
+        self._check_open()
+        return PresenceWatch(self._client, self.keys)
+
+    async def update_presence(self, **metadata: str) -> None:
+        """Replace this instance's presence metadata; watchers get an ``update`` diff."""
+        self._check_open()
+        await self._lease.update({key: str(value) for key, value in metadata.items()})
+
+    async def set_state(self, **fields: Any) -> float:
+        """Merge fields into this agent's state (``status=...`` shows on the dashboard) and
+        publish an ``agent.state`` event; returns ``updated_at``.
+
+        Raises:
+            EncodeError: a value JSON cannot hold. InvalidNameError: a bad field name.
+        """
+        self._check_open()
+        return await set_state(self._client, self.keys, self.agent_id, fields)
+
+    async def get_state(self, agent: str | None = None) -> AgentState:
+        """An agent's state; ``status`` reads ``offline`` once its last lease is gone."""
+        self._check_open()
+        return await get_state(self._client, self.keys, agent or self.agent_id)
+
+    def lock(
+        self, name: str, ttl: float, *, blocking: bool = True, timeout: float | None = None,
+        family: bool = False,
+    ) -> Lock:  # fmt: skip
+        """A lock held for an ``async with`` body: ``async with bus.lock("nightly", ttl=30) as
+        lease`` (``lease.fencing_token``). Scoped to this agent, or family-wide.
+
+        Raises:
+            LockNotAcquiredError: not acquired (``blocking=False`` or ``timeout``).
+            LockLostError: renewal failed; the body was cancelled before the TTL ran out.
+        """
+        self._check_open()
+        return Lock(
+            self._client, self.keys, self._lock_scripts, scope=self._scope(family), name=name,
+            ttl=ttl, holder=f"{self.agent_id}/{self.instance_id}", blocking=blocking,
+            timeout=timeout,
+        )  # fmt: skip
+
+    async def fenced_write(
+        self, name: str, token: int, data: Mapping[str, Any], *, family: bool = False
+    ) -> None:
+        """Write ``data`` under ``name`` unless a newer fencing token was seen there.
+
+        Raises:
+            StaleFencingTokenError: ``token`` is older than one already seen.
+        """
+        self._check_open()
+        await fenced_write(
+            self._client, self.keys, self._lock_scripts, scope=self._scope(family), name=name,
+            token=token, data=data,
+        )  # fmt: skip
+
+    async def read_fenced(self, name: str, *, family: bool = False) -> tuple[int, dict[str, Any]]:
+        self._check_open()
+        return await read_fenced(self._client, self.keys, scope=self._scope(family), name=name)
+
+    async def run_heartbeat(
+        self,
+        fn: Callable[[HeartbeatRun], Awaitable[Any]],
+        *,
+        every: float,
+        name: str = "heartbeat",
+        family: bool = False,
+    ) -> None:
+        """Run ``fn(run)`` at most once per ``every`` seconds across every process of this
+        agent (or of the family), until cancelled. ``run.fencing_token`` fences its writes."""
+        self._check_open()
+        await run_heartbeat(
+            self._client, self.keys, HeartbeatScripts(self._client), fn, every=every, name=name,
+            scope=self._scope(family), runner=f"{self.agent_id}/{self.instance_id}",
+        )  # fmt: skip
+
+    async def last_heartbeat(
+        self, name: str = "heartbeat", *, agent: str | None = None, family: bool = False
+    ) -> HeartbeatRun | None:
+        self._check_open()
+        scope = FAMILY if family else validate_agent_id(agent or self.agent_id)
+        return await last_heartbeat(self._client, self.keys, scope=scope, name=name)
+
+    async def snapshot(self, *, cursor: str | None = None, limit: int = 1000) -> FamilySnapshot:
+        """What the dashboard shows: every registered agent with presence, state, mailbox
+        counters, locks and heartbeats, in two round trips per page."""
+        self._check_open()
+        return await snapshot(self._client, self.keys, cursor=cursor, limit=limit)
+
+    def _scope(self, family: bool) -> str:
+        return FAMILY if family else self.agent_id
 
 
 class _NoConsumer:

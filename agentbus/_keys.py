@@ -17,6 +17,7 @@ Layout (``ns`` is ``bus.namespace``, default ``agentbus``)::
     ns:{agent}:locks              hash: lock name -> JSON (holder, token, expiry) for the dashboard
     ns:{agent}:heartbeat:{name}   hash: the heartbeat's last window and last run
     ns:{agent}:running:{name}     string with TTL: a heartbeat run is in progress
+    ns:{agent}:heartbeats         hash: heartbeat name -> JSON of its last run (dashboard)
     ns:registry                   hash: agent id -> JSON (last seen)
     ns:{~presence}:index          sorted set: "agent/instance" -> lease expiry (ms)
     ns:{~presence}:info           hash: "agent/instance" -> JSON instance info
@@ -94,6 +95,9 @@ class Keys:
 
     def heartbeat(self, agent: str, name: str) -> str:
         return self._agent(agent, f"heartbeat:{name}")
+
+    def heartbeats(self, agent: str) -> str:
+        return self._agent(agent, "heartbeats")
 
     def running(self, agent: str, name: str) -> str:
         return self._agent(agent, f"running:{name}")

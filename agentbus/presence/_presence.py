@@ -10,15 +10,14 @@ dashboard, runs one at most once a second family-wide), which publishes exactly 
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from .._keys import Keys
 from ..streams._narrow import text
 from ..streams._redis import map_redis_errors
+from ..streams._scripts import load_script
 
 SWEEP_INTERVAL = 1.0
 """Seconds between sweeps family-wide; a dead instance is reported gone within TTL + this + 1."""
@@ -78,15 +77,10 @@ _info_decoder = msgspec.json.Decoder(InstanceInfo)
 _diff_decoder = msgspec.json.Decoder(_RawDiff)
 
 
-def _script(client: aioredis.Redis, name: str) -> AsyncScript:
-    source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return client.register_script(source)
-
-
 class PresenceScripts:
     def __init__(self, client: aioredis.Redis) -> None:
-        self.touch = _script(client, "presence_touch")
-        self.leave = _script(client, "presence_leave")
+        self.touch = load_script(client, "presence_touch", __package__)
+        self.leave = load_script(client, "presence_leave", __package__)
 
 
 def member(agent: str, instance: str) -> str:
@@ -175,11 +169,11 @@ async def online(client: aioredis.Redis, keys: Keys) -> PresenceSnapshot:
         agents.setdefault(info.agent, []).append(info)
     return PresenceSnapshot(
         version=int(version or 0),
-        agents={agent: _agent_presence(agent, agents[agent]) for agent in sorted(agents)},
+        agents={agent: agent_presence(agent, agents[agent]) for agent in sorted(agents)},
     )
 
 
-def _agent_presence(agent: str, instances: list[InstanceInfo]) -> AgentPresence:
+def agent_presence(agent: str, instances: list[InstanceInfo]) -> AgentPresence:
     since = min(i.since for i in instances)
     last_seen = max(i.last_seen for i in instances)
     return AgentPresence(agent=agent, instances=instances, since=since, last_seen=last_seen)

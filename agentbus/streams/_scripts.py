@@ -13,8 +13,14 @@ from redis.commands.core import AsyncScript
 SCRIPT_NAMES = ("send_idempotent", "promote_due", "trim")
 
 
-def script_source(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+def script_source(name: str, package: str = __package__) -> str:
+    """The text of ``lua/{name}.lua`` beside the modules of ``package``."""
+    return resources.files(package).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def load_script(client: aioredis.Redis, name: str, package: str = __package__) -> AsyncScript:
+    """Register a script file with a client (EVALSHA, loaded again when Redis forgot it)."""
+    return client.register_script(script_source(name, package))
 
 
 class Scripts:
