@@ -2,10 +2,10 @@
 
 Every benchmark runs one *receiver* process (a consumer, or the reply server) and one *sender*
 process (a producer, or the requester) against a private ``redis-server``. Each side is an async
-function ``side(ctx) -> report`` defined at module level in the benchmark script, so the ``spawn``
-start method can import it in the child. The parent starts the receiver, waits until it is
-ready, starts the sender, waits until it is connected, then releases both with ``go``: process
-start-up and imports never count.
+function ``side(side: Side) -> report`` defined at module level in the benchmark script, so the
+``spawn`` start method can import it in the child. The parent starts the receiver, waits until
+it is ready, starts the sender, waits until it is connected, then releases both with ``go``:
+process start-up and imports never count.
 
 Timestamps come from ``time.perf_counter``, which is ``CLOCK_MONOTONIC`` on Linux: one clock for
 the whole machine, so a producer's start and a consumer's finish can be subtracted.
@@ -213,6 +213,7 @@ def run_pair(receiver: SideFn, sender: SideFn, spec: SideSpec, timeout: float) -
         finished.set()
         return PairResult(receiver=_collect(*procs[0], deadline), sender=sender_report)
     finally:
+        finished.set()  # on failure too: a reply server must not wait for a dead requester
         for proc, _ in procs:
             proc.join(timeout=5)
             if proc.is_alive():
