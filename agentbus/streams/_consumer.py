@@ -246,13 +246,16 @@ class MailboxConsumer:
             return
         self._ack_ids, self._effect_keys = [], []
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                ttl_ms = int(self.settings.dedup_ttl * 1000)
-                for key in effects:
-                    pipe.set(key, "1", px=ttl_ms)
-                if ids:
-                    pipe.xack(self.mailbox, CONSUMER_GROUP, *ids)
-                await pipe.execute()
+            if not effects:
+                await self.client.xack(self.mailbox, CONSUMER_GROUP, *ids)
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    ttl_ms = int(self.settings.dedup_ttl * 1000)
+                    for key in effects:
+                        pipe.set(key, "1", px=ttl_ms)
+                    if ids:
+                        pipe.xack(self.mailbox, CONSUMER_GROUP, *ids)
+                    await pipe.execute()
         except BaseException:
             self._ack_ids[:0], self._effect_keys[:0] = ids, effects
             raise

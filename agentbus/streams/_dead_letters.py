@@ -22,7 +22,11 @@ REASONS = ("error", "no-handler", "decode", "expired", "trimmed", "max-deliverie
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead letter as read back from the stream."""
+    """One dead letter as read back from the stream.
+
+    ``entry_id`` is the dead letter's own id in the dead-letter stream; ``mailbox_entry_id`` is
+    the id the message had in the mailbox (all a ``trimmed`` dead letter can tell about it).
+    """
 
     entry_id: str
     reason: str
@@ -37,6 +41,7 @@ class DeadLetter:
     dead_at: float
     envelope: Envelope | None
     raw_fields: dict[str, bytes]
+    mailbox_entry_id: str | None = None
 
 
 def traceback_summary(error: BaseException, limit: int = 6) -> str:
@@ -108,4 +113,5 @@ def parse_dead_letter(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> D
         dead_at=float(text("dead_at") or 0.0),
         envelope=envelope,
         raw_fields=raw,
+        mailbox_entry_id=text("entry_id") or None,
     )

@@ -33,12 +33,27 @@ ERROR_MESSAGE_HEADER = "x-error-message"
 _Queued = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
 
+_BATCH_CHUNK = 256  # messages per send_batch.lua call: bounds how long one call holds Redis
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message ready to write: its envelope and the command that appends it."""
+    """A message ready to write: its envelope, its encoding, and where it goes."""
 
     envelope: Envelope
-    command: tuple[Any, ...]
+    mailbox: str
+    packed: bytes
+    dedup_key: str | None  # set when the message has an idempotency key
+    dedup_ttl_ms: int
+
+    def command(self, scripts: Scripts) -> tuple[Any, ...]:
+        """The command that appends this one message."""
+        envelope = self.envelope
+        if self.dedup_key is None:
+            return ("XADD", self.mailbox, "*", "type", envelope.type, "sender", envelope.sender,
+                    "env", self.packed)  # fmt: skip
+        args = (envelope.id, self.dedup_ttl_ms, envelope.type, envelope.sender, self.packed)
+        return ("EVALSHA", scripts.send_idempotent.sha, 2, self.dedup_key, self.mailbox, *args)
 
 
 class Sender:
@@ -63,6 +78,8 @@ class Sender:
         self._queue: list[_Queued] = []
         self._in_flight = 0
         self._wake = asyncio.Event()
+        self._mailboxes: dict[str, str] = {}  # validated recipients and their mailbox keys
+        self._valid_types: set[str] = set()
 
     def build(
         self,
@@ -77,8 +94,11 @@ class Sender:
         reply_to: str | None = None,
     ) -> Outgoing:
         """Validate and encode one message (raises before anything is written)."""
-        validate_agent_id(to)
-        validate_name("message type", type)
+        # Recipients and types repeat; validating each once keeps regexes off the hot path.
+        if to not in self._mailboxes:
+            validate_agent_id(to)
+        if type not in self._valid_types:
+            _remember(self._valid_types, validate_name("message type", type))
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         if idempotency_key is not None:
@@ -97,16 +117,13 @@ class Sender:
             headers=dict(headers) if headers else {},
             idempotency_key=idempotency_key,
         )
-        packed = encode_envelope(envelope)
-        mailbox = self._keys.mailbox(to)
-        if idempotency_key is None:
-            fields = {"type": type, "sender": self._sender, "env": packed}
-            command: tuple[Any, ...] = ("XADD", mailbox, "*", *_flatten(fields))
-        else:
-            dedup = self._keys.dedup(to, idempotency_key)
-            args = (envelope.id, self._dedup_ttl_ms, type, self._sender, packed)
-            command = ("EVALSHA", self._scripts.send_idempotent.sha, 2, dedup, mailbox, *args)
-        return Outgoing(envelope, command)
+        mailbox = self._mailboxes.get(to)
+        if mailbox is None:
+            if len(self._mailboxes) > 10_000:  # bounded: producers may address many agents
+                self._mailboxes.clear()
+            mailbox = self._mailboxes[to] = self._keys.mailbox(to)
+        dedup = None if idempotency_key is None else self._keys.dedup(to, idempotency_key)
+        return Outgoing(envelope, mailbox, encode_envelope(envelope), dedup, self._dedup_ttl_ms)
 
     async def reply(
         self, request: Envelope, data: Any, *, error: BaseException | None, ttl: float
@@ -146,20 +163,41 @@ class Sender:
         """
         if self._in_flight or self._queue:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._queue.append((outgoing.command, future))
+            self._queue.append((outgoing.command(self._scripts), future))
             self._wake.set()
             result = await future
         else:
-            result = (await self._execute([outgoing.command]))[0]
+            result = (await self._execute([outgoing.command(self._scripts)]))[0]
         return _envelope_id(outgoing, result)
 
     async def write_many(self, batch: Iterable[Outgoing]) -> list[str]:
-        """Write a batch in one pipeline; returns the envelope ids in order."""
+        """Write a batch in one round trip; returns the envelope ids in order.
+
+        Messages without an idempotency key are appended by one script call per mailbox (and
+        per 256 messages), so a batch costs one request and a few replies, not one per message.
+        """
         items = list(batch)
         if not items:
             return []
-        results = await self._execute([item.command for item in items])
-        return [_envelope_id(item, result) for item, result in zip(items, results, strict=True)]
+        keyed = [item for item in items if item.dedup_key is not None]
+        commands = [item.command(self._scripts) for item in keyed]
+        by_mailbox: dict[str, list[Outgoing]] = {}
+        for item in items:
+            if item.dedup_key is None:
+                by_mailbox.setdefault(item.mailbox, []).append(item)
+        batch_sha = self._scripts.send_batch.sha
+        for mailbox, group in by_mailbox.items():
+            for start in range(0, len(group), _BATCH_CHUNK):
+                args: list[Any] = [self._sender]
+                for item in group[start : start + _BATCH_CHUNK]:
+                    args += (item.envelope.type, item.packed)
+                commands.append(("EVALSHA", batch_sha, 1, mailbox, *args))
+        results = await self._execute(commands)
+        first_ids = {
+            id(item): _envelope_id(item, r)
+            for item, r in zip(keyed, results[: len(keyed)], strict=True)
+        }
+        return [first_ids.get(id(item), item.envelope.id) for item in items]
 
     async def run(self) -> None:
         """The flusher: writes everything queued since the last flush in one pipeline.
@@ -196,11 +234,18 @@ class Sender:
         try:
             with map_redis_errors("sending a message"):
                 results = await self._pipeline(commands)
-                if any(isinstance(r, redis_errors.NoScriptError) for r in results):
-                    # Redis restarted or flushed its script cache: EVALSHA did not run, so
-                    # loading the script and sending the batch again cannot duplicate.
-                    await self._client.script_load(self._scripts.send_idempotent.script)
-                    results = await self._pipeline(commands)
+                missing = [
+                    i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)
+                ]
+                if missing:
+                    # Redis restarted or flushed its script cache. Those EVALSHAs did not run
+                    # (the rest of the pipeline did), so loading the scripts and sending just
+                    # them again cannot duplicate anything.
+                    for script in (self._scripts.send_idempotent, self._scripts.send_batch):
+                        await self._client.script_load(script.script)
+                    retried = await self._pipeline([commands[i] for i in missing])
+                    for i, result in zip(missing, retried, strict=True):
+                        results[i] = result
                 for result in results:
                     if isinstance(result, Exception):
                         raise result
@@ -218,6 +263,12 @@ class Sender:
             for command in commands:
                 pipe.execute_command(*command)
             return list(await pipe.execute(raise_on_error=False))
+
+
+def _remember(valid: set[str], name: str) -> None:
+    if len(valid) > 10_000:  # bounded: a producer may address many agents over time
+        valid.clear()
+    valid.add(name)
 
 
 def _flatten(fields: Mapping[str, Any]) -> list[Any]:
