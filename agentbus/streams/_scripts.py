@@ -10,7 +10,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-SCRIPT_NAMES = ("send_idempotent", "send_batch", "promote_due", "trim")
+SCRIPT_NAMES = ("send_idempotent", "send_batch", "reply", "promote_due", "trim")
 
 
 def script_source(name: str, package: str = __package__) -> str:
@@ -29,5 +29,9 @@ class Scripts:
     def __init__(self, client: aioredis.Redis) -> None:
         self.send_idempotent: AsyncScript = client.register_script(script_source("send_idempotent"))
         self.send_batch: AsyncScript = client.register_script(script_source("send_batch"))
+        self.reply: AsyncScript = client.register_script(script_source("reply"))
         self.promote_due: AsyncScript = client.register_script(script_source("promote_due"))
         self.trim: AsyncScript = client.register_script(script_source("trim"))
+
+    def all(self) -> tuple[AsyncScript, ...]:
+        return (self.send_idempotent, self.send_batch, self.reply, self.promote_due, self.trim)

@@ -150,10 +150,8 @@ class Sender:
             data=payload, created_at=now(), correlation_id=request.id, headers=headers,
         )  # fmt: skip
         key = self._keys.reply(request.sender, validate_agent_id(request.reply_to))
-        fields = {"type": "reply", "sender": self._sender, "env": encode_envelope(envelope)}
-        await self._execute(
-            [("XADD", key, "*", *_flatten(fields)), ("PEXPIRE", key, int(ttl * 1000))]
-        )
+        await self._execute([("EVALSHA", self._scripts.reply.sha, 1, key, "reply", self._sender,
+                               encode_envelope(envelope), int(ttl * 1000))])  # fmt: skip
 
     async def write(self, outgoing: Outgoing) -> str:
         """Write one message, coalescing with concurrent writes; returns its envelope id.
@@ -241,7 +239,7 @@ class Sender:
                     # Redis restarted or flushed its script cache. Those EVALSHAs did not run
                     # (the rest of the pipeline did), so loading the scripts and sending just
                     # them again cannot duplicate anything.
-                    for script in (self._scripts.send_idempotent, self._scripts.send_batch):
+                    for script in self._scripts.all():
                         await self._client.script_load(script.script)
                     retried = await self._pipeline([commands[i] for i in missing])
                     for i, result in zip(missing, retried, strict=True):
@@ -269,13 +267,6 @@ def _remember(valid: set[str], name: str) -> None:
     if len(valid) > 10_000:  # bounded: a producer may address many agents over time
         valid.clear()
     valid.add(name)
-
-
-def _flatten(fields: Mapping[str, Any]) -> list[Any]:
-    flat: list[Any] = []
-    for key, value in fields.items():
-        flat += (key, value)
-    return flat
 
 
 def _envelope_id(outgoing: Outgoing, result: Any) -> str:
