@@ -1,0 +1,261 @@
+"""The StorageAdapter contract: one interface, implemented by SQLite and PostgreSQL (Dual later).
+
+Every backend passes the same contract test suite (tests/storage/). An adapter is scoped to one
+agent with ``for_agent(agent_id)``; every memory/task/team call then acts as that agent: it sees
+its own rows, rows of visibility ``family``/``public``, and ``team`` rows of teams it belongs to;
+everything else is "not found" (``get_*`` returns None, mutations raise ``NotFoundError``) —
+never a leak. Views share the adapter's connections; closing a view does not close the adapter.
+
+Rules every backend follows (the contract suite checks them):
+- ids: UUIDv7 text from :func:`agentbus.uuid7`; a caller may pass ``id=`` (migration, backfill).
+- ``list_*`` order: newest first (``created_at`` desc, then ``id`` desc), default limit 50,
+  max 1000; tasks: priority rank (urgent first), then ``due_at`` (nulls last), then
+  ``created_at``, then ``id``.
+- keyword search: every query term must match (AND) after the backend's stemming — PostgreSQL
+  ``to_tsvector('english', …)`` with ``plainto_tsquery``; SQLite FTS5 ``porter`` tokenizer with
+  the terms ANDed. Stemming and stop words differ (PostgreSQL drops English stop words, FTS5
+  keeps them): result sets agree where both stem alike; rank order may differ.
+- vector search: cosine distance; score = 1 - distance; agent-scoped search returns ``k`` rows
+  whenever ``k`` are visible.
+- hybrid: Reciprocal Rank Fusion, k = 60, over the keyword and vector lists (filters applied
+  inside each branch), ties broken by id; without an embedding, hybrid is keyword only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from ._models import (
+    AgentRecord,
+    Category,
+    Entity,
+    Lesson,
+    MemoryItem,
+    MemoryStats,
+    MemoryType,
+    Priority,
+    Reflection,
+    Resource,
+    SearchHit,
+    SearchMode,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    Team,
+    TeamMember,
+    TeamRole,
+    Visibility,
+)
+
+Vector = Sequence[float]
+
+
+class MemoryStore(Protocol):
+    # resources
+    async def create_resource(
+        self, url: str, *, modality: str = "text", caption: str | None = None,
+        metadata: Mapping[str, Any] | None = None, id: str | None = None,
+    ) -> Resource: ...  # fmt: skip
+    async def get_resource(self, resource_id: str) -> Resource | None: ...
+    async def list_resources(self, *, limit: int = 50) -> list[Resource]: ...
+
+    # items
+    async def create_item(
+        self, summary: str, *, memory_type: MemoryType = "knowledge",
+        visibility: Visibility = "private", team_id: str | None = None,
+        resource_id: str | None = None, significance: float = 0.5,
+        happened_at: datetime | None = None, metadata: Mapping[str, Any] | None = None,
+        embedding: Vector | None = None, id: str | None = None,
+    ) -> MemoryItem:  # fmt: skip
+        """Create an item; the same summary (content hash) for the same agent returns the
+        existing item reinforced instead of a duplicate."""
+        ...
+
+    async def create_items(self, items: Sequence[Mapping[str, Any]]) -> list[MemoryItem]:
+        """Batched create (same keyword arguments as ``create_item`` per mapping)."""
+        ...
+
+    async def get_item(self, item_id: str) -> MemoryItem | None: ...
+    async def list_items(
+        self, *, memory_type: MemoryType | None = None, visibility: Visibility | None = None,
+        limit: int = 50, offset: int = 0,
+    ) -> list[MemoryItem]: ...  # fmt: skip
+    async def delete_item(self, item_id: str) -> bool: ...
+    async def reinforce_item(self, item_id: str) -> MemoryItem: ...
+    async def embed_item(self, item_id: str, embedding: Vector) -> None: ...
+    async def search_items(
+        self, query: str, *, embedding: Vector | None = None, limit: int = 10,
+        mode: SearchMode = "hybrid", memory_type: MemoryType | None = None,
+        visibility: Visibility | None = None, own_only: bool = False,
+    ) -> list[SearchHit]: ...  # fmt: skip
+
+    # categories
+    async def create_category(self, name: str, *, description: str | None = None) -> Category:
+        """Get-or-create by name (case-insensitive) for this agent."""
+        ...
+
+    async def list_categories(self) -> list[Category]: ...
+    async def link_item_category(self, item_id: str, category_id: str) -> None:
+        """Idempotent; both rows must be visible (else NotFoundError)."""
+        ...
+
+    async def get_item_categories(self, item_id: str) -> list[Category]: ...
+
+    # entities
+    async def create_entity(
+        self, name: str, *, entity_type: str = "person", profile: str | None = None
+    ) -> Entity:
+        """Get-or-create by name (case-insensitive) for this agent; concurrent calls for one
+        name make one row."""
+        ...
+
+    async def get_entity(self, entity_id_or_name: str) -> Entity | None: ...
+    async def list_entities(self, *, limit: int = 50) -> list[Entity]: ...
+    async def link_item_entity(self, item_id: str, entity_id: str) -> None:
+        """Idempotent; ``memory_count`` counts distinct linked items."""
+        ...
+
+    async def get_item_entities(self, item_id: str) -> list[Entity]: ...
+
+    # reflections and lessons
+    async def create_reflection(
+        self, content: str, *, period_start: datetime | None = None,
+        period_end: datetime | None = None, metadata: Mapping[str, Any] | None = None,
+    ) -> Reflection: ...  # fmt: skip
+    async def list_reflections(self, *, limit: int = 50) -> list[Reflection]: ...
+    async def create_lesson(
+        self, lesson: str, *, context: str | None = None, confidence: float = 0.5
+    ) -> Lesson: ...
+    async def list_lessons(self, *, limit: int = 50) -> list[Lesson]: ...
+    async def search_lessons(self, query: str, *, limit: int = 10) -> list[Lesson]: ...
+    async def reinforce_lesson(self, lesson_id: str, *, step: float = 0.1) -> Lesson:
+        """confidence = min(1, confidence + step)."""
+        ...
+
+    async def decay_lesson(self, lesson_id: str, *, step: float = 0.1) -> Lesson:
+        """confidence = max(0, confidence - step)."""
+        ...
+
+    async def get_stats(self) -> MemoryStats: ...
+
+
+class TaskStore(Protocol):
+    async def create_task(
+        self, title: str, *, description: str | None = None, priority: Priority = "normal",
+        assignee: str | None = None, team_id: str | None = None, project: str | None = None,
+        tags: Sequence[str] = (), visibility: Visibility = "private",
+        due_at: datetime | None = None, metadata: Mapping[str, Any] | None = None,
+        depends_on: Sequence[str] = (), id: str | None = None,
+    ) -> Task:  # fmt: skip
+        """A task with open dependencies starts ``blocked``, else ``pending``."""
+        ...
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """By full id or short id (``AmbiguousIdError`` when a short id matches several)."""
+        ...
+
+    async def update_task(
+        self, task_id: str, *, title: str | None = None, description: str | None = None,
+        status: TaskStatus | None = None, priority: Priority | None = None,
+        assignee: str | None = None, project: str | None = None,
+        tags: Sequence[str] | None = None, due_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None, fence: tuple[str, int] | None = None,
+    ) -> Task:  # fmt: skip
+        """``metadata`` is merged (keys set to None are removed), never replaced wholesale.
+        Status changes stamp ``started_at``/``completed_at``; completing the last open
+        dependency of a blocked task makes it ``pending``. ``fence=(name, token)`` refuses the
+        write (``StaleWriteError``) when a newer token was seen for ``name``."""
+        ...
+
+    async def delete_task(self, task_id: str) -> bool: ...
+    async def list_tasks(
+        self, *, status: TaskStatus | Sequence[TaskStatus] | None = None,
+        priority: Priority | None = None, assignee: str | None = None,
+        agent_id: str | None = None, team_id: str | None = None, project: str | None = None,
+        tags: Sequence[str] = (), due_before: datetime | None = None,
+        due_after: datetime | None = None, limit: int = 50, offset: int = 0,
+    ) -> list[Task]:  # fmt: skip
+        """``assignee=UNASSIGNED`` lists unassigned tasks; ``tags`` must all be present."""
+        ...
+
+    async def search_tasks(self, query: str, *, limit: int = 20) -> list[Task]: ...
+    async def get_tasks_by_project(self, project: str, *, limit: int = 200) -> list[Task]: ...
+    async def add_dependency(self, task_id: str, depends_on: str) -> Task:
+        """Raises DependencyCycleError when ``depends_on`` (transitively) depends on the task."""
+        ...
+
+    async def remove_dependency(self, task_id: str, depends_on: str) -> Task: ...
+    async def ready_tasks(self, *, limit: int = 50) -> list[Task]:
+        """Pending tasks with no open dependency, in priority order."""
+        ...
+
+    async def handoff_task(self, task_id: str, to_agent: str, *, note: str | None = None) -> Task:
+        """Assign to another agent, recorded in the task's history."""
+        ...
+
+    async def task_history(self, task_id: str) -> list[TaskEvent]: ...
+
+
+class TeamStore(Protocol):
+    async def create_team(
+        self, name: str, *, lead: str | None = None, members: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None, id: str | None = None,
+    ) -> Team:  # fmt: skip
+        """The lead (default: this agent) is a member with role ``lead``."""
+        ...
+
+    async def get_team(self, team_id: str) -> Team | None: ...
+    async def list_teams(self, *, include_disbanded: bool = False) -> list[Team]:
+        """Teams this agent belongs to."""
+        ...
+
+    async def add_member(
+        self, team_id: str, agent_id: str, *, role: TeamRole = "member"
+    ) -> Team: ...
+
+    async def update_member(self, team_id: str, agent_id: str, *, role: TeamRole) -> Team: ...
+    async def remove_member(self, team_id: str, agent_id: str) -> Team: ...
+    async def disband_team(self, team_id: str) -> Team:
+        """Status ``disbanded``; members are kept for the record but the team no longer grants
+        ``team`` visibility and ``team_members()`` of it is empty."""
+        ...
+
+    async def team_members(self, team_id: str) -> list[TeamMember]:
+        """Active members in join order (what ``AgentBus.broadcast(team=...)`` resolves)."""
+        ...
+
+
+class AgentStore(Protocol):
+    async def upsert_agent(
+        self, agent_id: str, *, name: str | None = None, role: str | None = None,
+        status: str = "active", config: Mapping[str, Any] | None = None,
+    ) -> AgentRecord: ...  # fmt: skip
+    async def get_agent(self, agent_id: str) -> AgentRecord | None: ...
+    async def list_agents(self) -> list[AgentRecord]: ...
+    async def set_agent_status(self, agent_id: str, status: str) -> AgentRecord: ...
+
+
+class StorageAdapter(Protocol):
+    """One storage backend. ``memory``/``tasks``/``teams`` need an agent: use ``for_agent``."""
+
+    @property
+    def memory(self) -> MemoryStore: ...
+    @property
+    def tasks(self) -> TaskStore: ...
+    @property
+    def teams(self) -> TeamStore: ...
+    @property
+    def agents(self) -> AgentStore: ...
+    @property
+    def agent_id(self) -> str | None: ...
+    def for_agent(self, agent_id: str) -> StorageAdapter: ...
+    def is_ready(self) -> bool: ...
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (idempotent)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the adapter (a view's aclose() does nothing)."""
+        ...

@@ -1,0 +1,69 @@
+"""Rules shared by every backend, computed in Python so that backends cannot drift apart:
+Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from ._models import DONE_STATUSES, RRF_K, TaskStatus
+
+
+def fuse_rrf(
+    keyword_ids: Sequence[str], vector_ids: Sequence[str], *, limit: int, k: int = RRF_K
+) -> list[tuple[str, float, int | None, int | None]]:
+    """Reciprocal Rank Fusion: score(id) = sum over lists of 1 / (k + rank); ties by id.
+
+    Returns ``(id, score, keyword_rank, vector_rank)`` for the best ``limit`` ids (ranks are
+    1-based; None when the id is not in that list).
+    """
+    keyword_rank = {item: rank for rank, item in enumerate(keyword_ids, start=1)}
+    vector_rank = {item: rank for rank, item in enumerate(vector_ids, start=1)}
+    fused = []
+    for item in keyword_rank.keys() | vector_rank.keys():
+        kw, vec = keyword_rank.get(item), vector_rank.get(item)
+        score = (1 / (k + kw) if kw else 0.0) + (1 / (k + vec) if vec else 0.0)
+        fused.append((item, score, kw, vec))
+    fused.sort(key=lambda row: (-row[1], row[0]))
+    return fused[:limit]
+
+
+def step_confidence(confidence: float, step: float) -> float:
+    """Reinforce (step > 0) or decay (step < 0), bounded to 0..1, rounded so that backends with
+    different float paths store the same value."""
+    return round(min(1.0, max(0.0, confidence + step)), 6)
+
+
+def merge_metadata(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """Shallow merge: keys in ``patch`` replace, keys set to None are removed."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def status_stamps(
+    old: TaskStatus, new: TaskStatus, now: datetime, started_at: datetime | None,
+    completed_at: datetime | None,
+) -> tuple[datetime | None, datetime | None]:  # fmt: skip
+    """``started_at`` is set the first time a task goes in_progress; ``completed_at`` when it
+    reaches a done status, and cleared when it is reopened."""
+    if new == "in_progress" and started_at is None:
+        started_at = now
+    if new in DONE_STATUSES and old not in DONE_STATUSES:
+        completed_at = now
+    elif new not in DONE_STATUSES:
+        completed_at = None
+    return started_at, completed_at
+
+
+def check_limit(limit: int, *, maximum: int = 1000) -> int:
+    from ._errors import ValidationError
+
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
+        raise ValidationError(f"limit must be an integer from 1 to {maximum}, got {limit!r}")
+    return limit
