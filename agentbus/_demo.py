@@ -2,13 +2,15 @@
 
 It grows with the project. Now: the resolved configuration, the project Redis (and that it is
 configured for a bus), the SQLite file, and two agents on the bus — a message, a request/reply,
-an event, and a poison message that ends in the dead letters and is replayed.
+an event, a poison message that ends in the dead letters, presence and agent state, a fenced
+family-wide lock, a heartbeat two agents race for, and the dashboard snapshot.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from functools import partial
 
 import anyio
 import redis.asyncio as aioredis
@@ -17,6 +19,7 @@ from ._bus import AgentBus
 from ._config import Config
 from ._errors import RemoteError
 from ._ids import uuid7
+from .presence import HeartbeatRun
 from .streams import DeadLetter, Message
 
 
@@ -117,7 +120,46 @@ async def _two_agents(config: Config) -> None:
             except RemoteError as exc:
                 _say(f"  a failing request answers at once with RemoteError: {exc}")
             await researcher.purge_dead_letters()
+            await _presence_and_heartbeat(planner, researcher)
             tg.cancel_scope.cancel()
+
+
+async def _presence_and_heartbeat(planner: AgentBus, researcher: AgentBus) -> None:
+    """Who is online, what they are doing, a fenced lock and a heartbeat that runs once."""
+    await researcher.set_state(status="busy", task="read the changelog")
+    state = await planner.get_state(researcher.agent_id)
+    _say(f"  state of {state.agent}: {state.status} {state.fields} (online={state.online})")
+    snap = await planner.online()
+    for agent in snap.agents.values():
+        if agent.agent in (planner.agent_id, researcher.agent_id):
+            hosts = ", ".join(f"{i.instance}@{i.host}" for i in agent.instances)
+            _say(f"  online: {agent.agent} ({hosts})")
+    async with planner.lock("nightly-report", ttl=5, family=True) as lease:
+        _say(f"  lock nightly-report held with fencing token {lease.fencing_token}")
+        await planner.fenced_write("report", lease.fencing_token, {"by": planner.agent_id},
+                                   family=True)  # fmt: skip
+    runs: list[str] = []
+
+    async def beat(run: HeartbeatRun) -> None:
+        runs.append(run.runner.split("/")[0])
+
+    # Two agents race for the same family-wide heartbeat: each window runs once, not twice.
+    with anyio.move_on_after(1.3):
+        async with anyio.create_task_group() as beats:
+            for bus in (planner, researcher):
+                beats.start_soon(partial(bus.run_heartbeat, beat, every=0.5, name="demo-beat",
+                                         family=True))  # fmt: skip
+    last = await planner.last_heartbeat("demo-beat", family=True)
+    _say(f"  heartbeat every 0.5 s raced by two agents: {len(runs)} runs ({', '.join(runs)}); "
+         f"last: token {last.fencing_token if last else '-'}, outcome "
+         f"{last.outcome if last else '-'}")  # fmt: skip
+    family = await planner.snapshot()
+    for agent_snap in family.agents:
+        if agent_snap.agent in (planner.agent_id, researcher.agent_id):
+            _say(f"  dashboard: {agent_snap.agent} online={agent_snap.online} "
+                 f"status={agent_snap.state.status} depth={agent_snap.mailbox.depth} "
+                 f"dead_letters={agent_snap.mailbox.dead_letters}")  # fmt: skip
+    await researcher.set_state(status="idle", task=None)
 
 
 def run_demo(config: Config) -> int:
