@@ -440,7 +440,7 @@ class AgentBus:
         return await list_dead_letters(self._client, self.keys, target, count=count)
 
     async def replay_dead_letter(self, envelope_id: str, *, agent: str | None = None) -> bool:
-        """Deliver a dead letter again (fresh attempts; idempotency keys are bypassed)."""
+        """Deliver a dead letter again (fresh attempts, no expiry; idempotency keys bypassed)."""
         self._check_open()
         target = validate_agent_id(agent or self.agent_id)
         return await replay_dead_letter(self._client, self.keys, target, envelope_id)

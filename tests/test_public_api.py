@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-PACKAGES = ["agentbus", "agentbus.testing"]
+PACKAGES = ["agentbus", "agentbus.presence", "agentbus.streams", "agentbus.testing"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -131,6 +131,7 @@ class MessageStream:
         self._ready = asyncio.Event()
         self._closed = False
         self._stop = stop
+        self._finished = asyncio.Event()  # the reading task ended (acks flushed)
         self.failure: BaseException | None = None
 
     def put(self, batch: list[Message]) -> None:
@@ -141,6 +142,7 @@ class MessageStream:
         self.failure = failure
         self._closed = True
         self._ready.set()
+        self._finished.set()
 
     def __aiter__(self) -> MessageStream:
         return self
@@ -156,11 +158,13 @@ class MessageStream:
         return self._buffer.popleft()
 
     async def aclose(self) -> None:
+        """Stop reading and wait until the reader has stopped (so the bus can consume again)."""
         if not self._closed:
             self._closed = True
             self._buffer.clear()
             self._ready.set()
             self._stop()
+        await self._finished.wait()
 
     async def __aenter__(self) -> MessageStream:
         return self

@@ -76,9 +76,10 @@ async def list_dead_letters(
 async def replay_dead_letter(
     client: aioredis.Redis, keys: Keys, agent: str, envelope_id: str
 ) -> bool:
-    """Put a dead letter back into the mailbox with a fresh attempt count.
+    """Put a dead letter back into the mailbox with a fresh attempt count and no expiry.
 
-    The idempotency key is not consulted (a replay is deliberate). Returns False when no dead
+    The idempotency key and the ``ttl`` are not consulted (a replay is deliberate: an expired
+    message would otherwise go straight back to the dead letters). Returns False when no dead
     letter has that envelope id (or it has no envelope, e.g. a ``decode`` dead letter).
     """
     stream = keys.dead_letters(agent)
@@ -87,7 +88,7 @@ async def replay_dead_letter(
             letter = parse_dead_letter(entry_id, fields or {})
             if letter.envelope_id != envelope_id or letter.envelope is None:
                 continue
-            fresh = msgspec.structs.replace(letter.envelope, deliveries=0)
+            fresh = msgspec.structs.replace(letter.envelope, deliveries=0, expires_at=None)
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xadd(keys.mailbox(agent), {
                     "type": fresh.type, "sender": fresh.sender, "env": encode_envelope(fresh)
