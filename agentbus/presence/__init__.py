@@ -48,7 +48,6 @@ from ._watch import PresenceWatch as PresenceWatch
 from ._watch import watch_presence as watch_presence
 
 __all__ = [
-    "STATE_TOPIC",
     "AgentPresence",
     "AgentSnapshot",
     "AgentState",
@@ -61,6 +60,7 @@ __all__ = [
     "PresenceDiff",
     "PresenceSnapshot",
     "PresenceWatch",
+    "STATE_TOPIC",
     "get_state",
     "is_online",
     "last_heartbeat",
