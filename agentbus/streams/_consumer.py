@@ -18,6 +18,7 @@ without being settled (``max-deliveries``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from ._redis import BLOCK_MS, CONNECTION_ERRORS, Backoff, map_redis_errors
 from ._sender import Sender
 
 Sink = Callable[[list[Message]], None]
+
+logger = logging.getLogger("agentbus")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -111,6 +114,9 @@ class MailboxConsumer:
                     entries = read_entries(reply)
                     await self.dispatch(entries, sink, None)
                 else:
+                    # Entries held before the read count too: one acked while the reply was on
+                    # its way has left in_flight but is in the reply.
+                    held = set(self.in_flight)
                     reply = await self.client.xreadgroup(
                         CONSUMER_GROUP, self.instance, {self.mailbox: cursor}, count=count
                     )
@@ -119,7 +125,8 @@ class MailboxConsumer:
                         cursor = None
                         continue
                     cursor = entries[-1][0]
-                    fresh = [e for e in entries if e[0] not in self.in_flight]
+                    held |= self.in_flight
+                    fresh = [e for e in entries if e[0] not in held]
                     await self.dispatch(fresh, sink, await self._delivery_counts(fresh))
                 backoff.reset()
             except redis_errors.ResponseError as exc:
@@ -237,6 +244,17 @@ class MailboxConsumer:
                 await self.flush_acks()
                 backoff.reset()
             except CONNECTION_ERRORS:
+                self._ack_wake.set()
+                await anyio.sleep(backoff.next_delay())
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # The group is gone (Redis lost its data): there is nothing left to ack;
+                    # the reader recreates the group and reads the stream again.
+                    self.in_flight.difference_update(self._ack_ids)
+                    self._ack_ids, self._effect_keys = [], []
+                    continue
+                # E.g. out of memory under noeviction: keep the acks and try again later.
+                logger.warning("could not write acks, retrying: %s", exc)
                 self._ack_wake.set()
                 await anyio.sleep(backoff.next_delay())
 

@@ -8,6 +8,10 @@ them, before any XGROUP DELCONSUMER (which would orphan them). XCLAIM's min-idle
 of the lease TTL: a dead consumer's entries are at least that idle once its lease expired (its
 last refresh was a TTL ago), and an entry another instance has just claimed is not, so two
 reclaimers never take the same entry.
+
+A missing lease means "dead" only while Redis was reachable: during an outage no instance can
+renew its lease, so after losing Redis the reclaimer waits until Redis answers again and then one
+more lease TTL (time for live instances to renew) before it claims anything.
 """
 
 from __future__ import annotations
@@ -51,12 +55,21 @@ async def run_delayed_mover(consumer: MailboxConsumer, scripts: Scripts) -> None
 
 async def run_reclaimer(consumer: MailboxConsumer, sink: Sink, interval: float) -> None:
     backoff = Backoff()
+    lost_redis = False
     while True:
         try:
+            if lost_redis:
+                # Leases ran out while nobody could renew them; once Redis answers, give the
+                # live instances a lease TTL to renew theirs before judging anyone dead.
+                await consumer.client.ping()
+                lost_redis = False
+                backoff.reset()
+                await anyio.sleep(consumer.settings.lease_ttl)
             await reclaim_once(consumer, sink)
             backoff.reset()
             await anyio.sleep(interval)
         except CONNECTION_ERRORS:
+            lost_redis = True
             await anyio.sleep(backoff.next_delay())
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):

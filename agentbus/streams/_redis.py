@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
@@ -39,7 +40,19 @@ def make_client(url: str) -> aioredis.Redis:
         socket_connect_timeout=5.0,
         socket_keepalive=True,
         health_check_interval=0,
+        **_no_maint_notifications(),
     )
+
+
+def _no_maint_notifications() -> dict[str, Any]:
+    """Turn off redis-py's maintenance notifications (a Redis Enterprise feature; "auto" by
+    default in redis-py 8): while they are on, the pool skips its check for connections the server
+    closed, so after a Redis restart the first command on every pooled connection failed."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # older redis-py: no notifications, and the pool checks connections
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 @contextmanager
