@@ -83,9 +83,10 @@ def canonical_json(value: Mapping[str, Any] | None) -> str:
     if not isinstance(value, Mapping):
         raise ValidationError(f"metadata must be a mapping, got {type(value).__name__}")
     try:
+        # msgspec would write NaN/Infinity as null and sets, datetimes, UUIDs, bytes, Decimals as
+        # arrays/strings (metadata that does not read back as written), so check explicitly.
+        _check_plain_json(value)
         text = _canonical_json.encode(value).decode()
-        # NaN/Infinity are not JSON; msgspec writes them as null, so check explicitly.
-        _reject_non_finite(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ValidationError(f"metadata is not JSON-encodable: {exc}") from exc
     if "\\u0000" in text:
@@ -93,15 +94,24 @@ def canonical_json(value: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _reject_non_finite(value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError("metadata holds NaN or infinity, which JSON cannot represent")
-    if isinstance(value, Mapping):
+def _check_plain_json(value: Any) -> None:
+    """Only JSON values: str, int, finite float, bool, None, str-keyed mappings, lists/tuples."""
+    if value is None or isinstance(value, (str, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError("metadata holds NaN or infinity, which JSON cannot represent")
+    elif isinstance(value, Mapping):
         for item in value.values():
-            _reject_non_finite(item)
+            _check_plain_json(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _reject_non_finite(item)
+            _check_plain_json(item)
+    else:
+        raise ValidationError(
+            f"metadata holds a {type(value).__name__}, which is not JSON "
+            "(use str, int, float, bool, None, dict or list)"
+        )
 
 
 def parse_json(text: str | bytes) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""Changes to existing SQLite tasks: ``update_task`` (fenced), dependencies, hand-off.
+
+Every change is one write transaction that also records the task's history: ``status``
+(``from``/``to``), ``assigned`` (``from``/``to``), ``handoff`` (``from``/``to``/``note``) and
+``updated`` (the names of the other fields that changed, or the dependency added/removed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from .._ids import validate_agent_id
+from ._canonical import (
+    canonical_json,
+    check_choice,
+    check_optional_text,
+    check_text,
+    now_utc,
+    optional_utc,
+    parse_json,
+)
+from ._errors import NotFoundError, ValidationError
+from ._models import (
+    MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS,
+    PRIORITY_RANK,
+    TASK_STATUSES,
+    UNASSIGNED,
+    Priority,
+    Task,
+    TaskStatus,
+)
+from ._rules import merge_metadata, status_stamps
+from ._sqlite_codec import TASK_COLUMNS, opt_ts, parse_ts, task_from_row, ts
+from ._sqlite_db import Scoped
+from ._sqlite_task_deps import (
+    add_event,
+    check_fence,
+    check_no_cycle,
+    resolve_task,
+    settle,
+    settle_dependents,
+    settled_status,
+)
+
+PRIORITIES: tuple[Priority, ...] = tuple(PRIORITY_RANK)
+
+
+def fetch_task(conn: sqlite3.Connection, task_id: str) -> Task:
+    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)).fetchone()
+    return task_from_row(row)
+
+
+def check_tags(tags: object) -> list[str]:
+    if isinstance(tags, str) or not isinstance(tags, Sequence):
+        raise ValidationError(f"tags must be a sequence of strings, got {type(tags).__name__}")
+    return [check_text("tag", tag, max_chars=MAX_TITLE_CHARS) for tag in tags]
+
+
+def canonical_list(values: list[str]) -> str:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+
+
+class TaskEdits(Scoped):
+    def _resolve(self, conn: sqlite3.Connection, ref: str) -> str:
+        task_id = resolve_task(conn, self._agent, ref)
+        if task_id is None:
+            raise NotFoundError(f"task {ref} not found")
+        return task_id
+
+    async def update_task(
+        self, task_id: str, *, title: str | None = None, description: str | None = None,
+        status: TaskStatus | None = None, priority: Priority | None = None,
+        assignee: str | None = None, project: str | None = None,
+        tags: Sequence[str] | None = None, due_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None, fence: tuple[str, int] | None = None,
+    ) -> Task:  # fmt: skip
+        """Change the given fields (None: unchanged; ``assignee=UNASSIGNED`` clears it).
+
+        ``metadata`` is merged (keys set to None are removed). Status changes stamp
+        ``started_at``/``completed_at``; asking for ``pending`` while a dependency is open gives
+        ``blocked``; finishing or reopening a task settles its dependents. ``fence=(name,
+        token)`` is checked and recorded in the same transaction as the write.
+
+        Raises: StaleWriteError (an older token; nothing written), NotFoundError,
+        ValidationError, InvalidAgentIdError.
+        """
+        changes: dict[str, Any] = {}
+        if title is not None:
+            changes["title"] = check_text("title", title, max_chars=MAX_TITLE_CHARS)
+        if description is not None:
+            changes["description"] = check_optional_text(
+                "description", description, max_chars=MAX_TEXT_CHARS
+            )
+        if priority is not None:
+            changes["priority"] = check_choice("priority", priority, PRIORITIES)
+            changes["priority_rank"] = PRIORITY_RANK[changes["priority"]]
+        if project is not None:
+            changes["project"] = check_text("project", project, max_chars=MAX_TITLE_CHARS)
+        if tags is not None:
+            changes["tags"] = canonical_list(check_tags(tags))
+        if due_at is not None:
+            changes["due_at"] = opt_ts(optional_utc(due_at))
+        new_assignee = _assignee(assignee)
+        new_status = None if status is None else check_choice("status", status, TASK_STATUSES)
+        patch = None if metadata is None else parse_json(canonical_json(metadata))
+
+        def write(conn: sqlite3.Connection) -> Task:
+            if fence is not None:
+                check_fence(conn, fence)
+            found = self._resolve(conn, task_id)
+            now = ts(now_utc())
+            current = fetch_task(conn, found)
+            row = dict(changes)
+            if patch is not None:
+                row["metadata"] = canonical_json(merge_metadata(current.metadata, patch))
+            if new_assignee is not None and new_assignee[0] != current.assignee:
+                row["assignee"] = new_assignee[0]
+                detail = {"from": current.assignee, "to": new_assignee[0]}
+                add_event(conn, found, "assigned", self._agent, detail, now)
+            if new_status is not None:
+                settled = (
+                    settled_status(conn, found, new_status)
+                    if new_status == "pending"
+                    else new_status
+                )
+                self._status_change(conn, found, current, settled, now, row)
+            fields = sorted(key for key in row if key not in _EVENTED)
+            if fields:
+                add_event(conn, found, "updated", self._agent, {"fields": fields}, now)
+            if row:
+                row["updated_at"] = now
+                assignments = ", ".join(f"{column} = ?" for column in row)
+                conn.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", [*row.values(), found])
+            if "status" in row:
+                settle_dependents(conn, found, self._agent, now)
+            return fetch_task(conn, found)
+
+        return await self._db.write(write)
+
+    def _status_change(
+        self, conn: sqlite3.Connection, task_id: str, current: Task, new: TaskStatus, now: str,
+        row: dict[str, Any],
+    ) -> None:  # fmt: skip
+        if new == current.status:
+            return
+        started, completed = status_stamps(
+            current.status, new, parse_ts(now), current.started_at,
+            current.completed_at,
+        )  # fmt: skip
+        row.update(status=new, started_at=opt_ts(started), completed_at=opt_ts(completed))
+        detail = {"from": current.status, "to": new}
+        add_event(conn, task_id, "status", self._agent, detail, now)
+
+    async def add_dependency(self, task_id: str, depends_on: str) -> Task:
+        """Make ``task_id`` depend on ``depends_on`` (idempotent); a pending task becomes blocked
+        while the dependency is open.
+
+        Raises: DependencyCycleError, NotFoundError (either task not visible).
+        """
+
+        def write(conn: sqlite3.Connection) -> Task:
+            task, dependency = self._resolve(conn, task_id), self._resolve(conn, depends_on)
+            check_no_cycle(conn, task, dependency)
+            cursor = conn.execute(
+                "INSERT INTO task_dependencies (task_id, depends_on) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (task, dependency),
+            )
+            if cursor.rowcount:
+                now = ts(now_utc())
+                detail = {"depends_on_added": dependency}
+                add_event(conn, task, "updated", self._agent, detail, now)
+                conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task))
+                settle(conn, task, self._agent, now, reason=f"dependency {dependency} added")
+            return fetch_task(conn, task)
+
+        return await self._db.write(write)
+
+    async def remove_dependency(self, task_id: str, depends_on: str) -> Task:
+        """Remove a dependency (idempotent); a blocked task with no open dependency left
+        becomes pending. Raises: NotFoundError (the task is not visible)."""
+
+        def write(conn: sqlite3.Connection) -> Task:
+            task = self._resolve(conn, task_id)
+            dependency = resolve_task(conn, self._agent, depends_on) or depends_on
+            cursor = conn.execute(
+                "DELETE FROM task_dependencies WHERE task_id = ? AND depends_on = ?",
+                (task, dependency),
+            )
+            if cursor.rowcount:
+                now = ts(now_utc())
+                detail = {"depends_on_removed": dependency}
+                add_event(conn, task, "updated", self._agent, detail, now)
+                conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task))
+                settle(conn, task, self._agent, now, reason=f"dependency {dependency} removed")
+            return fetch_task(conn, task)
+
+        return await self._db.write(write)
+
+    async def handoff_task(self, task_id: str, to_agent: str, *, note: str | None = None) -> Task:
+        """Assign to another agent, recorded in the task's history as a ``handoff`` event.
+
+        Raises: NotFoundError, InvalidAgentIdError, ValidationError (note).
+        """
+        validate_agent_id(to_agent)
+        check_optional_text("note", note, max_chars=MAX_TEXT_CHARS)
+
+        def write(conn: sqlite3.Connection) -> Task:
+            task = self._resolve(conn, task_id)
+            previous = conn.execute("SELECT assignee FROM tasks WHERE id = ?", (task,)).fetchone()
+            now = ts(now_utc())
+            conn.execute(
+                "UPDATE tasks SET assignee = ?, updated_at = ? WHERE id = ?", (to_agent, now, task)
+            )
+            detail = {"from": previous[0], "to": to_agent}
+            if note is not None:
+                detail["note"] = note
+            add_event(conn, task, "handoff", self._agent, detail, now)
+            return fetch_task(conn, task)
+
+        return await self._db.write(write)
+
+
+_EVENTED = frozenset({"assignee", "status", "started_at", "completed_at", "priority_rank"})
+
+
+def _assignee(value: str | None) -> tuple[str | None] | None:
+    """None: unchanged; ``(None,)``: clear (UNASSIGNED); ``(agent,)``: assign."""
+    if value is None:
+        return None
+    if value == UNASSIGNED:
+        return (None,)
+    return (validate_agent_id(value),)

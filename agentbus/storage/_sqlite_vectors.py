@@ -1,0 +1,313 @@
+"""Exact vector search for SQLite: an in-process cache of every embedded item, searched with numpy.
+
+The stdlib ``sqlite3`` here cannot load extensions (no sqlite-vec), and exact search is what makes
+"agent-scoped search returns k rows whenever k are visible" true by construction.
+
+Layout: the normalised float32 vectors are kept in *segments* — one per agent for its ``private``
+rows (nobody else can see them, so an agent's search over its own rows is one contiguous
+matrix-vector product, no gather), and one ``shared`` segment for every ``team``/``family``/
+``public`` row, where the visible mask is computed with numpy per query from small code arrays
+(agent, visibility, team, memory type). Score = dot product of normalised vectors = 1 - cosine
+distance (a zero vector scores 0 against everything).
+
+Freshness: before each search the cache compares ``PRAGMA data_version`` on its own connection
+(which changes whenever any *other* connection — another process or this adapter's writer —
+commits) and this adapter's own commit counter. When either moved, it reads the keys appended to
+``vector_changes`` (filled by triggers) since the last sequence number it saw, and reloads just
+those rows. A full reload happens on the first search, and when the change log was pruned past
+the cache's position (``SQLiteAdapter.vacuum``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import StorageUnavailableError
+from ._models import MEMORY_TYPES, VISIBILITIES
+
+Matrix = npt.NDArray[np.float32]
+_VIS: dict[str, int] = {name: code for code, name in enumerate(VISIBILITIES)}  # private 0..3 public
+_TYPE: dict[str, int] = {name: code for code, name in enumerate(MEMORY_TYPES)}
+_TEAM, _FAMILY = _VIS["team"], _VIS["family"]
+_COLUMNS = "rowid_key, id, agent_id, visibility, team_id, memory_type, embedding"
+_CHUNK = 500  # keys per IN (...) list
+
+
+def normalise(vectors: Matrix) -> Matrix:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    norms[norms == 0] = 1.0
+    normalised: Matrix = (vectors / norms).astype(np.float32, copy=False)
+    return normalised
+
+
+class _Segment:
+    """Growable, row-aligned arrays; deletion moves the last row into the hole."""
+
+    def __init__(self, dim: int, capacity: int = 16) -> None:
+        self.n = 0
+        self.vectors: Matrix = np.empty((capacity, dim), np.float32)
+        self.keys = np.empty(capacity, np.int64)
+        self.agents = np.empty(capacity, np.int32)
+        self.visibility = np.empty(capacity, np.int8)
+        self.teams = np.empty(capacity, np.int32)
+        self.types = np.empty(capacity, np.int8)
+        self.ids: list[str] = []
+        self.pos: dict[int, int] = {}
+
+    def _arrays(self) -> tuple[npt.NDArray[Any], ...]:
+        return (self.vectors, self.keys, self.agents, self.visibility, self.teams, self.types)
+
+    def extend(self, keys: Sequence[int], ids: Sequence[str], vectors: Matrix,
+               codes: npt.NDArray[np.int32]) -> None:  # fmt: skip
+        """Append rows; ``codes`` columns are agent, visibility, team, memory type."""
+        count = len(keys)
+        if self.n + count > len(self.keys):
+            self._grow(self.n + count)
+        end = self.n + count
+        self.vectors[self.n : end] = vectors
+        self.keys[self.n : end] = keys
+        self.agents[self.n : end] = codes[:, 0]
+        self.visibility[self.n : end] = codes[:, 1]
+        self.teams[self.n : end] = codes[:, 2]
+        self.types[self.n : end] = codes[:, 3]
+        for offset, key in enumerate(keys):
+            self.pos[int(key)] = self.n + offset
+        self.ids.extend(ids)
+        self.n = end
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * len(self.keys))
+        grown = []
+        for array in self._arrays():
+            bigger = np.empty((capacity, *array.shape[1:]), array.dtype)
+            bigger[: self.n] = array[: self.n]
+            grown.append(bigger)
+        self.vectors, self.keys, self.agents, self.visibility, self.teams, self.types = grown
+
+    def remove(self, key: int) -> None:
+        index = self.pos.pop(key)
+        last = self.n - 1
+        if index != last:
+            for array in self._arrays():
+                array[index] = array[last]
+            self.ids[index] = self.ids[last]
+            self.pos[int(self.keys[index])] = index
+        self.ids.pop()
+        self.n = last
+
+
+class VectorCache:
+    """Every embedded item's normalised vector, kept fresh across connections and processes."""
+
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], dim: int, commits: Callable[[], int]
+    ) -> None:
+        self._connect = connect
+        self._dim = dim
+        self._commits = commits
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._loaded = False
+        self._data_version: int | None = None
+        self._commits_seen = -1
+        self._last_seq = 0
+        self._agent_codes: dict[str, int] = {}
+        self._team_codes: dict[str, int] = {}
+        self._private: dict[int, _Segment] = {}
+        self._shared = _Segment(dim)
+        self._where: dict[int, _Segment] = {}
+        self.full_loads = 0
+        self.incremental_loads = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self, agent_id: str, query: Matrix, k: int, *, memory_type: str | None = None,
+        visibility: str | None = None, own_only: bool = False,
+    ) -> list[tuple[str, float]]:  # fmt: skip
+        """The ``k`` visible items nearest to ``query``: ``(id, score)``, best first, ties by id."""
+        q = normalise(np.asarray(query, np.float32))
+        with self._lock:
+            conn = self._connection()
+            self.refresh(conn)
+            teams = [row[0] for row in conn.execute(_MEMBER_TEAMS, (agent_id,))]
+            me = self._agent_codes.get(agent_id, -2)  # -2 matches no row
+            type_code = None if memory_type is None else _TYPE[memory_type]
+            scores: list[Matrix] = []
+            ids: list[list[str]] = []
+            if visibility in (None, "private") and me in self._private:
+                segment = self._private[me]
+                rows = None if type_code is None else segment.types[: segment.n] == type_code
+                self._score(segment, rows, q, scores, ids)
+            if visibility != "private" and self._shared.n:
+                segment, n = self._shared, self._shared.n
+                mask = segment.agents[:n] == me
+                if not own_only:
+                    team_codes = [self._team_codes[t] for t in teams if t in self._team_codes]
+                    in_team = np.isin(segment.teams[:n], team_codes)
+                    vis = segment.visibility[:n]
+                    mask |= (vis >= _FAMILY) | ((vis == _TEAM) & in_team)
+                if visibility is not None:
+                    mask &= segment.visibility[:n] == _VIS[visibility]
+                if type_code is not None:
+                    mask &= segment.types[:n] == type_code
+                self._score(segment, mask, q, scores, ids)
+            return _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
+
+    @staticmethod
+    def _score(segment: _Segment, mask: npt.NDArray[np.bool_] | None, q: Matrix,
+               scores: list[Matrix], ids: list[list[str]]) -> None:  # fmt: skip
+        if mask is None:
+            scores.append(segment.vectors[: segment.n] @ q)
+            ids.append(segment.ids)
+            return
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            scores.append(segment.vectors[rows] @ q)
+            ids.append([segment.ids[row] for row in rows])
+
+    # -- freshness -----------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageUnavailableError("the SQLite adapter is closed; create a new one")
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        """Catch up with commits made since the last search (by anyone)."""
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        commits = self._commits()
+        if self._loaded and data_version == self._data_version and commits == self._commits_seen:
+            return
+        conn.execute("BEGIN")
+        try:
+            pruned = conn.execute(_PRUNED).fetchone()
+            if not self._loaded or (pruned is not None and int(pruned[0]) > self._last_seq):
+                self._full_load(conn)
+            else:
+                self._incremental_load(conn)
+        except BaseException:
+            self._loaded = False  # half-applied: start over at the next search
+            raise
+        finally:
+            conn.execute("COMMIT")
+        self._data_version, self._commits_seen = data_version, commits
+
+    def _full_load(self, conn: sqlite3.Connection) -> None:
+        self._last_seq = conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM vector_changes"
+        ).fetchone()[0]
+        self._private, self._shared, self._where = {}, _Segment(self._dim), {}
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM memory_items WHERE embedding IS NOT NULL")
+        self._add_rows(rows.fetchall())
+        self._loaded = True
+        self.full_loads += 1
+
+    def _incremental_load(self, conn: sqlite3.Connection) -> None:
+        changes = conn.execute(
+            "SELECT seq, item_key FROM vector_changes WHERE seq > ? ORDER BY seq", (self._last_seq,)
+        ).fetchall()
+        if not changes:
+            return
+        self._last_seq = changes[-1][0]
+        keys = sorted({key for _, key in changes})
+        if len(keys) > max(1000, len(self._where) // 2):
+            self._full_load(conn)
+            return
+        for key in keys:
+            segment = self._where.pop(key, None)
+            if segment is not None:
+                segment.remove(key)
+        rows = []
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows += conn.execute(
+                f"SELECT {_COLUMNS} FROM memory_items WHERE embedding IS NOT NULL"
+                f" AND rowid_key IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        self._add_rows(rows)
+        self.incremental_loads += 1
+
+    def _add_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        dim = self._dim
+        rows = [row for row in rows if len(row[6]) == 4 * dim]  # written with another dim: skip
+        if not rows:
+            return
+        vectors = normalise(
+            np.frombuffer(b"".join(row[6] for row in rows), np.float32).reshape(-1, dim)
+        )
+        codes = np.array(
+            [
+                (self._code(self._agent_codes, row[2]), _VIS[row[3]],
+                 -1 if row[4] is None else self._code(self._team_codes, row[4]), _TYPE[row[5]])
+                for row in rows
+            ],
+            dtype=np.int32,
+        ).reshape(-1, 4)  # fmt: skip
+        private = codes[:, 1] == _VIS["private"]
+        self._extend(self._shared, rows, vectors, codes, np.flatnonzero(~private))
+        private_rows = np.flatnonzero(private)
+        order = private_rows[np.argsort(codes[private_rows, 0], kind="stable")]
+        agents = codes[order, 0]
+        starts = np.flatnonzero(np.diff(agents, prepend=-1))
+        for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
+            agent = int(agents[start])
+            segment = self._private.setdefault(agent, _Segment(dim))
+            self._extend(segment, rows, vectors, codes, order[start:end])
+
+    def _extend(self, segment: _Segment, rows: list[tuple[Any, ...]], vectors: Matrix,
+                codes: npt.NDArray[np.int32], take: npt.NDArray[np.intp]) -> None:  # fmt: skip
+        if not len(take):
+            return
+        keys = [rows[i][0] for i in take]
+        segment.extend(keys, [rows[i][1] for i in take], vectors[take], codes[take])
+        for key in keys:
+            self._where[key] = segment
+
+    @staticmethod
+    def _code(codes: dict[str, int], value: str) -> int:
+        return codes.setdefault(value, len(codes))
+
+
+_MEMBER_TEAMS = (
+    "SELECT tm.team_id FROM team_members tm JOIN teams t ON t.id = tm.team_id"
+    " WHERE tm.agent_id = ? AND t.status = 'active'"
+)
+_PRUNED = "SELECT value FROM meta WHERE key = 'vector_changes_pruned_through'"
+
+
+def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str, float]]:
+    if not scores:
+        return []
+    all_scores = np.concatenate(scores) if len(scores) > 1 else scores[0]
+    all_ids = [item for part in ids for item in part] if len(ids) > 1 else ids[0]
+    if len(all_scores) > k:
+        # Keep every row tied with the k-th score, so ties are broken by id, not by position.
+        kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
+        chosen = np.flatnonzero(all_scores >= kth)
+    else:
+        chosen = np.arange(len(all_scores))
+    ranked = sorted((-float(all_scores[i]), all_ids[i]) for i in chosen)
+    return [(item, -negative) for negative, item in ranked[:k]]
