@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
@@ -17,7 +17,7 @@ from ._ids import new_instance_id, validate_agent_id, validate_name
 from ._keys import CONSUMER_GROUP, FAMILY, Keys
 from .presence._heartbeat import HeartbeatRun, HeartbeatScripts, last_heartbeat, run_heartbeat
 from .presence._lease import InstanceLease
-from .presence._locks import Lock, LockScripts, fenced_write, read_fenced
+from .presence._locks import Lock, LockKeeper, LockScripts, fenced_write, read_fenced
 from .presence._presence import (
     SWEEP_INTERVAL,
     PresenceScripts,
@@ -29,6 +29,9 @@ from .presence._presence import (
 from .presence._snapshot import FamilySnapshot, snapshot
 from .presence._state import AgentState, get_state, set_state
 from .presence._watch import PresenceWatch
+from .storage._factory import acquire_storage_adapter, release_storage_adapter
+from .storage._lazy import LazyStorage
+from .storage._protocol import StorageAdapter
 from .streams._consumer import ConsumerSettings, MailboxConsumer, Sink
 from .streams._dead_letters import DeadLetter
 from .streams._envelope import Envelope
@@ -101,6 +104,7 @@ class AgentBus:
         self._owns_client = redis is None
         self._scripts = Scripts(self._client)
         self._lock_scripts = LockScripts(self._client)
+        self._lock_keeper = LockKeeper()
         self._sender = Sender(
             self._client, self.keys, self._scripts, sender=self.agent_id,
             max_payload_bytes=bus.max_payload_bytes, dedup_ttl=bus.dedup_ttl,
@@ -125,6 +129,7 @@ class AgentBus:
         self._consuming = False
         self._consumers: list[MailboxConsumer] = []
         self._closed = False
+        self._storage: StorageAdapter | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -152,6 +157,7 @@ class AgentBus:
         with self._background:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._lease.run)
+                tg.start_soon(self._lock_keeper.run)
                 tg.start_soon(self._sender.run)
                 tg.start_soon(self._sweep_presence)
 
@@ -192,6 +198,12 @@ class AgentBus:
             try:
                 await consumer.flush_acks()
             except Exception:  # best effort: unflushed acks mean redelivery, not loss
+                pass
+        if self._storage is not None:
+            self._storage = None
+            try:
+                await release_storage_adapter(self.config)
+            except Exception:
                 pass
         try:
             await self._lease.release()
@@ -263,11 +275,22 @@ class AgentBus:
         return await self._sender.write_many(batch)
 
     async def broadcast(
-        self, type: str, data: Any = None, *, to: Iterable[str] | None = None
-    ) -> dict[str, str]:
+        self, type: str, data: Any = None, *, to: Iterable[str] | None = None,
+        team: str | None = None,
+    ) -> dict[str, str]:  # fmt: skip
         """One message into each mailbox of ``to`` (default: every agent in the registry but
-        this one), written in one round trip; returns ``{agent: envelope id}``."""
+        this one; with ``team=``: the team's active members from storage, but this one), written
+        in one round trip; returns ``{agent: envelope id}``.
+
+        Raises:
+            NotFoundError: ``team`` is not a team this agent can see.
+        """
         self._check_open()
+        if team is not None:
+            if to is not None:
+                raise ValueError("broadcast() takes to= or team=, not both")
+            members = await self.storage.teams.team_members(team)
+            to = [member.agent_id for member in members if member.agent_id != self.agent_id]
         if to is None:
             with map_redis_errors("reading the agent registry"):
                 names = await self._client.hkeys(self.keys.registry)
@@ -511,8 +534,8 @@ class AgentBus:
         self._check_open()
         return Lock(
             self._client, self.keys, self._lock_scripts, scope=self._scope(family), name=name,
-            ttl=ttl, holder=f"{self.agent_id}/{self.instance_id}", blocking=blocking,
-            timeout=timeout,
+            ttl=ttl, holder=f"{self.agent_id}/{self.instance_id}", keeper=self._lock_keeper,
+            blocking=blocking, timeout=timeout,
         )  # fmt: skip
 
     async def fenced_write(
@@ -564,6 +587,21 @@ class AgentBus:
 
     def _scope(self, family: bool) -> str:
         return FAMILY if family else self.agent_id
+
+    # ---- storage -------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> StorageAdapter:
+        """This agent's view of the shared storage adapter (``storage.backend`` of the config),
+        opened on first use: ``await bus.storage.memory.create_item(...)``. One client for
+        messages and knowledge; the bus gives the adapter back when it closes."""
+        self._check_open()
+        return cast(StorageAdapter, LazyStorage(self._acquire_storage, self.agent_id))
+
+    async def _acquire_storage(self) -> StorageAdapter:
+        if self._storage is None:
+            self._storage = await acquire_storage_adapter(self.config)
+        return self._storage
 
 
 class _NoConsumer:
