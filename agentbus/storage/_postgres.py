@@ -1,0 +1,174 @@
+"""``PgAdapter``: the StorageAdapter on PostgreSQL + pgvector (DESIGN.md §4).
+
+Two roles, two connection strings: ``admin_dsn`` logs in as the owner role (agentbus_owner) and
+is used only by :meth:`PgAdapter.open` to apply the numbered migrations under an advisory lock;
+``dsn`` logs in as the app role (agentbus_app: not owner, not superuser, NOBYPASSRLS), and every
+agent's call goes through its pool in a transaction that sets ``app.agent_id`` locally, so
+row-level security decides what each agent sees. ``open()`` refuses an app connection that
+would bypass row-level security.
+
+PgBouncer in transaction mode: pass ``statement_cache_size=0`` (asyncpg's named prepared
+statements do not survive a server-connection switch). Everything else already fits that mode:
+no session state is ever set (agent ids and HNSW settings are transaction-local), and advisory
+locks are transaction-scoped. Migrations need a session of their own: point ``admin_dsn`` at
+PostgreSQL directly, or at a PgBouncer pool in session mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from .._config import Config, StorageConfig
+from .._errors import ConfigError
+from .._ids import validate_agent_id
+from ._pg_core import PgCore, Scope, init_connection
+from ._pg_errors import map_pg_errors
+from ._pg_memory import PgMemory
+from ._pg_tasks import PgTasks
+from ._pg_teams import PgAgents, PgTeams
+from ._protocol import StorageAdapter
+
+__all__ = ["PgAdapter", "init_connection", "map_pg_errors"]
+
+
+class PgAdapter:
+    """The PostgreSQL StorageAdapter.
+
+    Args:
+        dsn: the app role's connection string (``storage.postgres.connectionString``).
+        admin_dsn: the owner role's (``adminConnectionString``); ``open()`` migrates with it.
+            None: ``open()`` only checks that the schema is up to date.
+        embedding_dim: ``storage.embeddingDim``; fixed per database by its first migration.
+        max_connections: pool size (``maxConnections``).
+        statement_cache_size: asyncpg's prepared-statement cache; 0 for PgBouncer in
+            transaction mode. None: asyncpg's default.
+        pool: an asyncpg pool to use instead of making one (created with
+            ``init=init_connection``); the adapter does not close it.
+
+    Use ``for_agent(agent_id)`` for a view acting as one agent; views share the pool, and
+    closing a view does nothing.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        admin_dsn: str | None = None,
+        embedding_dim: int = 768,
+        max_connections: int = 10,
+        statement_cache_size: int | None = None,
+        pool: asyncpg.Pool[asyncpg.Record] | None = None,
+    ) -> None:
+        core = PgCore(
+            dsn,
+            admin_dsn=admin_dsn,
+            embedding_dim=embedding_dim,
+            max_connections=max_connections,
+            statement_cache_size=statement_cache_size,
+            pool=pool,
+        )
+        self._init_view(core, None)
+
+    def _init_view(self, core: PgCore, agent_id: str | None) -> None:
+        self._core = core
+        self._agent_id = agent_id
+        self._stores: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: Config | StorageConfig) -> PgAdapter:
+        """Build from ``storage.postgres`` and ``storage.embeddingDim``.
+
+        Raises: ConfigError when there is no ``storage.postgres`` section.
+        """
+        storage = config.storage if isinstance(config, Config) else config
+        pg = storage.postgres
+        if pg is None:
+            raise ConfigError(
+                "storage.postgres is missing: add "
+                '"postgres": {"connectionString": ..., "adminConnectionString": ...}'
+            )
+        return cls(
+            pg.connection_string,
+            admin_dsn=pg.admin_connection_string,
+            embedding_dim=storage.embedding_dim,
+            max_connections=pg.max_connections,
+        )
+
+    # --- views ----------------------------------------------------------------------------------
+
+    @property
+    def agent_id(self) -> str | None:
+        return self._agent_id
+
+    def for_agent(self, agent_id: str) -> PgAdapter:
+        """A view acting as ``agent_id`` over the same pool.
+
+        Raises: InvalidAgentIdError.
+        """
+        view = object.__new__(PgAdapter)
+        view._init_view(self._core, validate_agent_id(agent_id))
+        return view
+
+    def _store(self, name: str, factory: Any) -> Any:
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = factory(Scope(self._core, self._agent_id))
+        return store
+
+    @property
+    def memory(self) -> PgMemory:
+        """Raises: StorageError on the adapter itself (use ``for_agent``)."""
+        store: PgMemory = self._store("memory", PgMemory)
+        return store
+
+    @property
+    def tasks(self) -> PgTasks:
+        store: PgTasks = self._store("tasks", PgTasks)
+        return store
+
+    @property
+    def teams(self) -> PgTeams:
+        store: PgTeams = self._store("teams", PgTeams)
+        return store
+
+    @property
+    def agents(self) -> PgAgents:
+        store: PgAgents = self._store("agents", PgAgents)
+        return store
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self._core.is_ready()
+
+    async def open(self) -> None:
+        """Migrate as the owner role (if ``admin_dsn``), open the app pool, check the schema.
+
+        Idempotent; a view opens the adapter it belongs to.
+
+        Raises: MigrationError, StorageUnavailableError, ConfigError (an app role that would
+        bypass row-level security).
+        """
+        await self._core.open()
+
+    async def aclose(self) -> None:
+        """Close the pool (bounded, shielded). A view's ``aclose()`` does nothing."""
+        if self._agent_id is None:
+            await self._core.aclose()
+
+    async def __aenter__(self) -> PgAdapter:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def applied_migrations(self) -> list[int]:
+        """Versions the last ``open()`` applied (empty when the schema was up to date)."""
+        return list(self._core.applied_migrations)
+
+
+_: type[StorageAdapter] = PgAdapter

@@ -1,0 +1,181 @@
+"""Fixtures of the storage contract suite: one opened adapter per backend, unique agents per test.
+
+Every test module gets a fresh store per backend (a SQLite file under pytest's temp dir; a new
+PostgreSQL database created as the superuser, owned by ``agentbus_owner``, with pgvector), opened
+once and shared by the module's tests. Tests isolate themselves by agent id (``new_agent``), never
+by wiping the store, so the shared store also exercises the visibility rules between tests.
+
+``storage`` is parametrized over ``sqlite`` and ``postgres``; a backend whose adapter is missing
+or cannot open makes its tests fail, never skip.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentbus.testing import PostgresServer
+
+from ._support import EMBEDDING_DIM
+
+BACKENDS = ["sqlite", "postgres"]
+
+_ADAPTER_MODULE_PREFIXES = {
+    "SQLiteAdapter": ("_sqlite",),
+    "PgAdapter": ("_postgres", "_pg"),
+}
+
+
+def adapter_class(name: str) -> Any:
+    """The adapter class, from ``agentbus.storage`` or one of its backend modules; fails (never
+    skips) when it is missing."""
+    import agentbus.storage as package
+
+    cls = getattr(package, name, None)
+    if cls is not None:
+        return cls
+    problems = [f"agentbus.storage has no {name}"]
+    modules = sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    for module_name in modules:
+        if not module_name.startswith(_ADAPTER_MODULE_PREFIXES[name]):
+            continue
+        try:
+            module = importlib.import_module(f"agentbus.storage.{module_name}")
+        except ImportError as exc:
+            problems.append(f"{module_name}: {exc}")
+            continue
+        cls = getattr(module, name, None)
+        if cls is not None:
+            return cls
+    pytest.fail(f"{name} is not importable: {'; '.join(problems)}", pytrace=False)
+
+
+def _psql(server: PostgresServer, database: str, *statements: str) -> None:
+    """Run each statement on its own (CREATE DATABASE cannot run in a transaction block)."""
+    args = [str(server.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    args += ["-d", server.dsn_for("postgres", database)]
+    for statement in statements:
+        args += ["-c", statement]
+    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"psql as postgres on {database} failed: {result.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def pg_database(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for this module, laid out like ``postgres_roles.sql`` lays out
+    ``agentbus``: owned by agentbus_owner, pgvector installed by the superuser, the app role may
+    connect and use schema public (tables and grants come from the adapter's migrations)."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    name = f"ab_{re.sub(r'[^a-z0-9]+', '_', module.lower())[:40]}_{secrets.token_hex(4)}"
+    _psql(
+        postgres_server,
+        "postgres",
+        f"CREATE DATABASE {name} OWNER agentbus_owner",
+        f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
+        f"GRANT CONNECT ON DATABASE {name} TO agentbus_app",
+    )
+    _psql(
+        postgres_server,
+        name,
+        "CREATE EXTENSION vector",
+        "ALTER SCHEMA public OWNER TO agentbus_owner",
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        "GRANT USAGE ON SCHEMA public TO agentbus_app",
+    )
+    yield name
+    _psql(postgres_server, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def make_pg_adapter(server: PostgresServer, database: str) -> Any:
+    """A (not yet opened) PgAdapter serving as the app role, migrating as the owner."""
+    cls = adapter_class("PgAdapter")
+    return cls(
+        server.dsn_for("agentbus_app", database),
+        admin_dsn=server.dsn_for("agentbus_owner", database),
+        embedding_dim=EMBEDDING_DIM,
+    )
+
+
+def make_sqlite_adapter(path: str) -> Any:
+    cls = adapter_class("SQLiteAdapter")
+    return cls(path, embedding_dim=EMBEDDING_DIM)
+
+
+@pytest.fixture(scope="module")
+def sqlite_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("sqlite") / "agentbus.db")
+
+
+@pytest.fixture(scope="module")
+async def sqlite_adapter(sqlite_path: str) -> AsyncIterator[Any]:
+    """The module's opened SQLiteAdapter."""
+    adapter = make_sqlite_adapter(sqlite_path)
+    await adapter.open()
+    try:
+        yield adapter
+    finally:
+        await adapter.aclose()
+
+
+@pytest.fixture(scope="module")
+async def postgres_adapter(postgres_server: PostgresServer, pg_database: str) -> AsyncIterator[Any]:
+    """The module's opened PgAdapter (app role; migrations through the owner dsn)."""
+    adapter = make_pg_adapter(postgres_server, pg_database)
+    await adapter.open()
+    try:
+        yield adapter
+    finally:
+        await adapter.aclose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def storage(backend: str, request: pytest.FixtureRequest) -> Any:
+    """An opened adapter of the parametrized backend (shared by the module's tests)."""
+    adapter = request.getfixturevalue(f"{backend}_adapter")
+    assert adapter.is_ready()
+    return adapter
+
+
+@pytest.fixture
+def another_adapter(backend: str, request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """``another_adapter()``: a new, unopened adapter on the same store as ``storage``."""
+    if backend == "sqlite":
+        path = request.getfixturevalue("sqlite_path")
+        return lambda: make_sqlite_adapter(path)
+    server = request.getfixturevalue("postgres_server")
+    database = request.getfixturevalue("pg_database")
+    return lambda: make_pg_adapter(server, database)
+
+
+@pytest.fixture
+def new_agent(request: pytest.FixtureRequest) -> Callable[..., str]:
+    """``new_agent("a")``: an agent id no other test uses (valid: ``[a-z0-9._-]{1,64}``)."""
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:32]
+
+    def make(label: str = "a") -> str:
+        return f"{label}-{secrets.token_hex(4)}-{test}"[:64]
+
+    return make
+
+
+@pytest.fixture
+def view(storage: Any, new_agent: Callable[..., str]) -> Callable[..., Any]:
+    """``view("a")``: the adapter scoped to a new agent."""
+
+    def make(label: str = "a") -> Any:
+        return storage.for_agent(new_agent(label))
+
+    return make

@@ -1,0 +1,482 @@
+"""Tasks: ids and short ids, updates (metadata merged), status stamps, filters and the one
+documented order, search, dependencies (a DAG), the ready queue, hand-off history, fencing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from agentbus import uuid7
+from agentbus.storage._canonical import short_id
+from agentbus.storage._errors import (
+    AmbiguousIdError,
+    DependencyCycleError,
+    NotFoundError,
+    StaleWriteError,
+)
+from agentbus.storage._models import PRIORITY_RANK, UNASSIGNED
+
+from ._support import future, is_utc, with_suffix
+
+pytestmark = pytest.mark.anyio
+
+View = Callable[..., Any]
+
+
+def task_ids(tasks: list[Any]) -> list[str]:
+    return [task.id for task in tasks]
+
+
+def documented_order(tasks: list[Any]) -> list[Any]:
+    """Priority rank (urgent first), then due_at (nulls last), then created_at, then id."""
+    far = datetime.max.replace(tzinfo=UTC)
+    return sorted(
+        tasks,
+        key=lambda t: (PRIORITY_RANK[t.priority], t.due_at is None, t.due_at or far,
+                       t.created_at, t.id),
+    )  # fmt: skip
+
+
+# --- create / get ----------------------------------------------------------------------------
+
+
+async def test_create_task_defaults_and_get_by_full_and_short_id(view: View) -> None:
+    """A new task is pending with the documented defaults; get_task finds it by full id and by
+    its short id (the id's last 8 hex digits)."""
+    me = view()
+    task = await me.tasks.create_task("descale the kettle")
+    assert task.agent_id == me.agent_id
+    assert (task.status, task.priority, task.visibility) == ("pending", "normal", "private")
+    assert (task.assignee, task.team_id, task.project, task.due_at) == (None, None, None, None)
+    assert (task.tags, task.metadata, task.depends_on) == ([], {}, [])
+    assert (task.started_at, task.completed_at, task.description) == (None, None, None)
+    assert task.short_id == short_id(task.id)
+    assert len(task.short_id) == 8
+    assert is_utc(task.created_at)
+    assert is_utc(task.updated_at)
+    assert await me.tasks.get_task(task.id) == task
+    assert await me.tasks.get_task(task.short_id) == task
+
+
+async def test_create_task_keeps_every_field(view: View) -> None:
+    """Every argument of create_task is stored and read back."""
+    me = view()
+    team = await me.teams.create_team("task field team")
+    due = future(3)
+    task = await me.tasks.create_task(
+        "full task", description="all fields", priority="high", assignee="someone-else",
+        team_id=team.id, project="apollo", tags=["b", "a"], due_at=due, metadata={"x": 1},
+    )  # fmt: skip
+    assert (task.description, task.priority, task.assignee) == (
+        "all fields",
+        "high",
+        "someone-else",
+    )
+    assert (task.team_id, task.project, task.tags) == (team.id, "apollo", ["b", "a"])
+    assert (task.due_at, task.metadata) == (due, {"x": 1})
+    assert await me.tasks.get_task(task.id) == task
+
+
+async def test_unknown_task_ids_are_none(view: View) -> None:
+    """get_task of an unknown full id or short id returns None."""
+    me = view()
+    await me.tasks.create_task("some task")
+    assert await me.tasks.get_task(uuid7()) is None
+    assert await me.tasks.get_task("00000000") is None
+
+
+async def test_ambiguous_short_id_raises(view: View) -> None:
+    """A short id matching two visible tasks raises AmbiguousIdError; the full ids still work."""
+    me = view()
+    first = await me.tasks.create_task("first of a pair")
+    second = await me.tasks.create_task("second of a pair", id=with_suffix(uuid7(), first.short_id))
+    assert first.short_id == second.short_id
+    with pytest.raises(AmbiguousIdError):
+        await me.tasks.get_task(first.short_id)
+    assert (await me.tasks.get_task(second.id)).title == "second of a pair"
+
+
+# --- update ----------------------------------------------------------------------------------
+
+
+async def test_update_changes_only_given_fields(view: View) -> None:
+    """update_task changes the fields it is given and leaves the rest alone."""
+    me = view()
+    task = await me.tasks.create_task(
+        "original", description="keep me", priority="low", project="p", tags=["t"],
+        metadata={"keep": True},
+    )  # fmt: skip
+    due = future(2)
+    updated = await me.tasks.update_task(task.id, title="renamed", priority="urgent", due_at=due)
+    assert (updated.title, updated.priority, updated.due_at) == ("renamed", "urgent", due)
+    assert (updated.description, updated.project, updated.tags) == ("keep me", "p", ["t"])
+    assert updated.metadata == {"keep": True}
+    assert updated.created_at == task.created_at
+    assert updated.updated_at >= task.updated_at
+    assert await me.tasks.get_task(task.id) == updated
+    retagged = await me.tasks.update_task(task.id, tags=["x", "y"], assignee="someone", project="q")
+    assert (retagged.tags, retagged.assignee, retagged.project) == (["x", "y"], "someone", "q")
+
+
+async def test_update_merges_metadata_and_none_removes_a_key(view: View) -> None:
+    """Metadata is merged into what is stored, never replaced; a key set to None is removed;
+    updates without metadata keep it."""
+    me = view()
+    task = await me.tasks.create_task("meta", metadata={"a": 1, "b": {"deep": 1}})
+    merged = await me.tasks.update_task(task.id, metadata={"b": {"new": 2}, "c": 3})
+    assert merged.metadata == {"a": 1, "b": {"new": 2}, "c": 3}
+    removed = await me.tasks.update_task(task.id, metadata={"a": None})
+    assert removed.metadata == {"b": {"new": 2}, "c": 3}
+    untouched = await me.tasks.update_task(task.id, title="meta renamed")
+    assert untouched.metadata == {"b": {"new": 2}, "c": 3}
+    assert (await me.tasks.get_task(task.id)).metadata == {"b": {"new": 2}, "c": 3}
+
+
+async def test_update_unknown_task_is_not_found(view: View) -> None:
+    """update_task of an id nobody stored raises NotFoundError."""
+    with pytest.raises(NotFoundError):
+        await view().tasks.update_task(uuid7(), title="ghost")
+
+
+async def test_status_transitions_stamp_started_and_completed(view: View) -> None:
+    """started_at is set the first time a task goes in_progress; completed_at when it reaches a
+    done status and cleared when it is reopened."""
+    me = view()
+    task = await me.tasks.create_task("stamped")
+    started = await me.tasks.update_task(task.id, status="in_progress")
+    assert started.status == "in_progress"
+    assert is_utc(started.started_at)
+    assert started.completed_at is None
+    done = await me.tasks.update_task(task.id, status="completed")
+    assert done.started_at == started.started_at
+    assert is_utc(done.completed_at)
+    assert done.completed_at >= started.started_at
+    reopened = await me.tasks.update_task(task.id, status="in_progress")
+    assert reopened.completed_at is None
+    assert reopened.started_at == started.started_at
+    failed = await me.tasks.update_task(task.id, status="failed")
+    assert is_utc(failed.completed_at)
+    direct = await me.tasks.create_task("completed without starting")
+    closed = await me.tasks.update_task(direct.id, status="cancelled")
+    assert closed.started_at is None
+    assert is_utc(closed.completed_at)
+    assert await me.tasks.get_task(direct.id) == closed
+
+
+async def test_delete_task(view: View) -> None:
+    """delete_task removes the task (True); deleting it again is "not found"."""
+    me = view()
+    task = await me.tasks.create_task("doomed")
+    assert await me.tasks.delete_task(task.id) is True
+    assert await me.tasks.get_task(task.id) is None
+    with pytest.raises(NotFoundError):
+        await me.tasks.delete_task(task.id)
+    assert await me.tasks.list_tasks() == []
+
+
+# --- list ------------------------------------------------------------------------------------
+
+
+async def test_list_order_is_priority_rank_then_due_then_created(view: View) -> None:
+    """list_tasks orders by priority rank urgent > high > normal > low > background (never by
+    the priority's text), then due_at with nulls last, then created_at, then id."""
+    me = view()
+    low, high = sorted([uuid7(), uuid7()])
+    spec = [
+        ("low-none", "low", None, None),
+        ("urgent-none", "urgent", None, None),
+        ("high-2d", "high", future(2), None),
+        ("high-1d", "high", future(1), None),
+        ("background", "background", None, None),
+        ("normal-1d", "normal", future(1), None),
+        ("normal-none-first", "normal", None, high),  # created first, larger id
+        ("normal-none-second", "normal", None, low),  # created second, smaller id
+        ("urgent-5d", "urgent", future(5), None),
+        ("high-none", "high", None, None),
+    ]
+    created = {}
+    for title, priority, due, task_id in spec:
+        kwargs = {"id": task_id} if task_id else {}
+        created[title] = await me.tasks.create_task(title, priority=priority, due_at=due, **kwargs)
+    listed = await me.tasks.list_tasks()
+    assert [t.title for t in listed] == [
+        "urgent-5d", "urgent-none", "high-1d", "high-2d", "high-none", "normal-1d",
+        "normal-none-first", "normal-none-second", "low-none", "background",
+    ]  # fmt: skip
+    assert task_ids(listed) == task_ids(documented_order(list(created.values())))
+
+
+async def test_list_default_limit_is_50_and_offset_pages(view: View) -> None:
+    """list_tasks returns 50 tasks by default; offset continues where the page ended."""
+    me = view()
+    created = [await me.tasks.create_task(f"task {n:02d}") for n in range(55)]
+    first = await me.tasks.list_tasks()
+    rest = await me.tasks.list_tasks(offset=50)
+    assert len(first) == 50
+    assert len(rest) == 5
+    assert task_ids(first + rest) == task_ids(documented_order(created))
+    assert len(await me.tasks.list_tasks(limit=1000)) == 55
+
+
+async def test_list_filters_status_priority_assignee(view: View) -> None:
+    """list_tasks filters by status (one or several), priority and assignee, UNASSIGNED listing
+    the tasks nobody is assigned to."""
+    me = view()
+    a = await me.tasks.create_task("a", priority="high", assignee="bob")
+    b = await me.tasks.create_task("b", priority="low")
+    c = await me.tasks.create_task("c", priority="high")
+    d = await me.tasks.create_task("d", assignee="carol")
+    await me.tasks.update_task(b.id, status="in_progress")
+    await me.tasks.update_task(d.id, status="completed")
+    assert task_ids(await me.tasks.list_tasks(status="pending")) == [a.id, c.id]
+    assert set(task_ids(await me.tasks.list_tasks(status=["in_progress", "completed"]))) == {
+        b.id, d.id,
+    }  # fmt: skip
+    assert task_ids(await me.tasks.list_tasks(priority="high")) == [a.id, c.id]
+    assert task_ids(await me.tasks.list_tasks(assignee="bob")) == [a.id]
+    assert set(task_ids(await me.tasks.list_tasks(assignee=UNASSIGNED))) == {b.id, c.id}
+    assert task_ids(
+        await me.tasks.list_tasks(status="pending", priority="high", assignee="bob")
+    ) == [a.id]
+    assert await me.tasks.list_tasks(assignee="nobody-at-all") == []
+
+
+async def test_list_filters_agent_team_project(view: View) -> None:
+    """list_tasks filters by creating agent, team and project."""
+    me = view()
+    team = await me.teams.create_team("filter team")
+    in_team = await me.tasks.create_task("team task", team_id=team.id)
+    in_project = await me.tasks.create_task("project task", project="apollo")
+    other = await me.tasks.create_task("other task", project="gemini")
+    assert set(task_ids(await me.tasks.list_tasks(agent_id=me.agent_id))) == {
+        in_team.id, in_project.id, other.id,
+    }  # fmt: skip
+    assert await me.tasks.list_tasks(agent_id="some-other-agent") == []
+    assert task_ids(await me.tasks.list_tasks(team_id=team.id)) == [in_team.id]
+    assert task_ids(await me.tasks.list_tasks(project="apollo")) == [in_project.id]
+
+
+async def test_list_filter_tags_requires_all(view: View) -> None:
+    """list_tasks(tags=[...]) returns tasks carrying every given tag."""
+    me = view()
+    abc = await me.tasks.create_task("abc", tags=["a", "b", "c"])
+    ba = await me.tasks.create_task("ba", tags=["b", "a"])
+    a = await me.tasks.create_task("a", tags=["a"])
+    await me.tasks.create_task("none")
+    assert set(task_ids(await me.tasks.list_tasks(tags=["a", "b"]))) == {abc.id, ba.id}
+    assert set(task_ids(await me.tasks.list_tasks(tags=["a"]))) == {abc.id, ba.id, a.id}
+    assert task_ids(await me.tasks.list_tasks(tags=["c", "a"])) == [abc.id]
+    assert await me.tasks.list_tasks(tags=["a", "z"]) == []
+
+
+async def test_list_filter_due_range(view: View) -> None:
+    """due_before/due_after select tasks due in the range; tasks without a due date are in no
+    range."""
+    me = view()
+    soon = await me.tasks.create_task("soon", due_at=future(1))
+    later = await me.tasks.create_task("later", due_at=future(5))
+    latest = await me.tasks.create_task("latest", due_at=future(10))
+    await me.tasks.create_task("undated")
+    assert task_ids(await me.tasks.list_tasks(due_before=future(3))) == [soon.id]
+    assert task_ids(await me.tasks.list_tasks(due_after=future(3))) == [later.id, latest.id]
+    assert task_ids(await me.tasks.list_tasks(due_after=future(3), due_before=future(7))) == [
+        later.id
+    ]
+
+
+async def test_search_tasks_requires_every_term(view: View) -> None:
+    """search_tasks matches task titles with every query term required (after stemming)."""
+    me = view()
+    both = await me.tasks.create_task("deploy the kettle firmware")
+    plural = await me.tasks.create_task("kettles firmware deployed")
+    one = await me.tasks.create_task("kettle cleaning")
+    assert set(task_ids(await me.tasks.search_tasks("kettle firmware"))) == {both.id, plural.id}
+    assert set(task_ids(await me.tasks.search_tasks("kettle"))) == {both.id, plural.id, one.id}
+    assert await me.tasks.search_tasks("kettle violin") == []
+
+
+async def test_get_tasks_by_project(view: View) -> None:
+    """get_tasks_by_project returns exactly the project's tasks."""
+    me = view()
+    tasks = [await me.tasks.create_task(f"apollo {n}", project="apollo") for n in range(3)]
+    await me.tasks.create_task("gemini", project="gemini")
+    await me.tasks.create_task("no project")
+    found = await me.tasks.get_tasks_by_project("apollo")
+    assert set(task_ids(found)) == set(task_ids(tasks))
+    assert await me.tasks.get_tasks_by_project("mercury") == []
+
+
+# --- dependencies ----------------------------------------------------------------------------
+
+
+async def test_open_dependency_blocks_and_completion_unblocks(view: View) -> None:
+    """A task with open dependencies starts blocked; completing the last one makes it pending."""
+    me = view()
+    first = await me.tasks.create_task("first")
+    second = await me.tasks.create_task("second")
+    dependent = await me.tasks.create_task("dependent", depends_on=[first.id, second.id])
+    assert dependent.status == "blocked"
+    assert dependent.depends_on == [first.id, second.id]
+    await me.tasks.update_task(first.id, status="completed")
+    assert (await me.tasks.get_task(dependent.id)).status == "blocked"
+    await me.tasks.update_task(second.id, status="completed")
+    assert (await me.tasks.get_task(dependent.id)).status == "pending"
+
+
+async def test_dependency_on_done_task_does_not_block(view: View) -> None:
+    """A task whose dependencies are all done starts pending."""
+    me = view()
+    done = await me.tasks.create_task("done already")
+    await me.tasks.update_task(done.id, status="completed")
+    task = await me.tasks.create_task("free", depends_on=[done.id])
+    assert task.status == "pending"
+
+
+async def test_add_and_remove_dependency(view: View) -> None:
+    """add_dependency on an open task blocks it and keeps dependencies in the order added;
+    removing the last open one makes it pending again."""
+    me = view()
+    task = await me.tasks.create_task("task")
+    dep1 = await me.tasks.create_task("dep1")
+    dep2 = await me.tasks.create_task("dep2")
+    blocked = await me.tasks.add_dependency(task.id, dep2.id)
+    assert (blocked.status, blocked.depends_on) == ("blocked", [dep2.id])
+    both = await me.tasks.add_dependency(task.id, dep1.id)
+    assert both.depends_on == [dep2.id, dep1.id]
+    one = await me.tasks.remove_dependency(task.id, dep2.id)
+    assert (one.status, one.depends_on) == ("blocked", [dep1.id])
+    free = await me.tasks.remove_dependency(task.id, dep1.id)
+    assert (free.status, free.depends_on) == ("pending", [])
+
+
+async def test_dependency_cycles_are_rejected(view: View) -> None:
+    """A→B→C→A and a self-dependency raise DependencyCycleError and change nothing."""
+    me = view()
+    a = await me.tasks.create_task("a")
+    b = await me.tasks.create_task("b", depends_on=[a.id])
+    c = await me.tasks.create_task("c", depends_on=[b.id])
+    with pytest.raises(DependencyCycleError):
+        await me.tasks.add_dependency(a.id, c.id)
+    with pytest.raises(DependencyCycleError):
+        await me.tasks.add_dependency(a.id, a.id)
+    with pytest.raises(DependencyCycleError):
+        await me.tasks.add_dependency(b.id, c.id)
+    after = await me.tasks.get_task(a.id)
+    assert (after.status, after.depends_on) == ("pending", [])
+    assert (await me.tasks.get_task(b.id)).depends_on == [a.id]
+
+
+async def test_concurrent_opposite_dependencies_make_no_cycle(view: View) -> None:
+    """Adding A→B and B→A at the same time: exactly one succeeds, the other raises
+    DependencyCycleError."""
+    me = view()
+    outcomes: list[str] = []
+
+    async def add(task_id: str, depends_on: str) -> None:
+        try:
+            await me.tasks.add_dependency(task_id, depends_on)
+            outcomes.append("ok")
+        except DependencyCycleError:
+            outcomes.append("cycle")
+
+    for _ in range(5):
+        a = await me.tasks.create_task("left")
+        b = await me.tasks.create_task("right")
+        outcomes.clear()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(add, a.id, b.id)
+            tg.start_soon(add, b.id, a.id)
+        assert sorted(outcomes) == ["cycle", "ok"]
+        left, right = await me.tasks.get_task(a.id), await me.tasks.get_task(b.id)
+        assert (left.depends_on, right.depends_on) in (([b.id], []), ([], [a.id]))
+
+
+async def test_ready_tasks_in_priority_order(view: View) -> None:
+    """ready_tasks lists pending tasks without open dependencies, urgent first; a dependent
+    appears once its dependency completes."""
+    me = view()
+    low = await me.tasks.create_task("low", priority="low")
+    urgent = await me.tasks.create_task("urgent", priority="urgent")
+    background = await me.tasks.create_task("background", priority="background")
+    high = await me.tasks.create_task("high", priority="high")
+    blocked = await me.tasks.create_task("blocked", priority="urgent", depends_on=[high.id])
+    running = await me.tasks.create_task("running", priority="urgent")
+    await me.tasks.update_task(running.id, status="in_progress")
+    assert task_ids(await me.tasks.ready_tasks()) == [urgent.id, high.id, low.id, background.id]
+    await me.tasks.update_task(high.id, status="completed")
+    # blocked is urgent too, created after "urgent": created_at breaks the tie
+    assert task_ids(await me.tasks.ready_tasks()) == [urgent.id, blocked.id, low.id, background.id]
+    assert task_ids(await me.tasks.ready_tasks(limit=2)) == [urgent.id, blocked.id]
+
+
+# --- history, hand-off, fencing --------------------------------------------------------------
+
+
+async def test_handoff_is_recorded_in_history(view: View, new_agent: Callable[..., str]) -> None:
+    """handoff_task assigns the task to another agent and records who handed it to whom, after
+    the creation event, in time order."""
+    me = view()
+    to_agent = new_agent("b")
+    task = await me.tasks.create_task("hand me on")
+    handed = await me.tasks.handoff_task(task.id, to_agent, note="over to you")
+    assert handed.assignee == to_agent
+    assert (await me.tasks.get_task(task.id)).assignee == to_agent
+    history = await me.tasks.task_history(task.id)
+    assert history[0].kind == "created"
+    assert history[0].by == me.agent_id
+    handoffs = [event for event in history if event.kind == "handoff"]
+    assert len(handoffs) == 1
+    assert handoffs[0].by == me.agent_id
+    detail = json.dumps(handoffs[0].detail)
+    assert to_agent in detail
+    assert "over to you" in detail
+    assert [e.at for e in history] == sorted(e.at for e in history)
+    assert all(is_utc(e.at) for e in history)
+
+
+async def test_status_changes_are_recorded_in_history(view: View) -> None:
+    """Every status change adds a ``status`` event to the task's history."""
+    me = view()
+    task = await me.tasks.create_task("historic")
+    await me.tasks.update_task(task.id, status="in_progress")
+    await me.tasks.update_task(task.id, status="completed")
+    kinds = [event.kind for event in await me.tasks.task_history(task.id)]
+    assert kinds[0] == "created"
+    assert kinds.count("status") == 2
+
+
+async def test_stale_fencing_token_is_refused(view: View) -> None:
+    """After a write with fence ("n", 5), a write with ("n", 4) raises StaleWriteError and
+    changes nothing; the same or a newer token is accepted."""
+    me = view()
+    task = await me.tasks.create_task("fenced", metadata={"owner": "first"})
+    await me.tasks.update_task(task.id, status="in_progress", fence=("n", 5))
+    before = await me.tasks.get_task(task.id)
+    history_before = await me.tasks.task_history(task.id)
+    with pytest.raises(StaleWriteError):
+        await me.tasks.update_task(
+            task.id, title="stale", status="failed", metadata={"owner": "stale"}, fence=("n", 4)
+        )
+    assert await me.tasks.get_task(task.id) == before
+    assert await me.tasks.task_history(task.id) == history_before
+    same = await me.tasks.update_task(task.id, metadata={"beat": 1}, fence=("n", 5))
+    assert same.metadata == {"owner": "first", "beat": 1}
+    newer = await me.tasks.update_task(task.id, status="completed", fence=("n", 6))
+    assert newer.status == "completed"
+    with pytest.raises(StaleWriteError):
+        await me.tasks.update_task(task.id, title="stale again", fence=("n", 5))
+    assert (await me.tasks.get_task(task.id)).title == "fenced"
+
+
+async def test_fencing_names_are_independent(view: View) -> None:
+    """A token seen for one fence name does not make another name's lower token stale."""
+    me = view()
+    task = await me.tasks.create_task("two fences")
+    await me.tasks.update_task(task.id, title="by n", fence=("n", 100))
+    updated = await me.tasks.update_task(task.id, title="by m", fence=("m", 1))
+    assert updated.title == "by m"
