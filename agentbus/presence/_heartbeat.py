@@ -39,7 +39,7 @@ class HeartbeatRun(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     finished_at: float | None = None
     duration: float | None = None
-    outcome: str | None = None  # "ok" or "error: <type>: <message>"
+    outcome: str | None = None  # "ok", "error: <type>: <message>" or "cancelled"
 
 
 _json = msgspec.json.Encoder()
@@ -133,6 +133,9 @@ async def _run_once(
             tg.start_soon(keep_running)
             try:
                 await fn(run)
+            except anyio.get_cancelled_exc_class():
+                outcome = "cancelled"  # not "ok": the run did not finish
+                raise
             except Exception as exc:
                 outcome = f"error: {type(exc).__name__}: {exc}"[:500]
                 logger.warning("heartbeat %s failed: %r", run.name, exc)

@@ -2,9 +2,10 @@
 
 ``SET NX PX`` with a random token; only the holder extends or releases (Lua compare-and-*). Every
 acquisition gets a fencing token from a per-lock counter (``INCR``, kept in the AOF, so it keeps
-increasing across a graceful Redis restart). While the body runs, a task renews the lock every
-TTL/3. When renewal cannot be confirmed before ``TTL - safety margin`` the body is cancelled and
-the ``async with`` raises :class:`LockLostError` — before another holder can get the lock.
+increasing across a graceful Redis restart). While the body runs, the bus's :class:`LockKeeper`
+renews the lock every TTL/3. When renewal cannot be confirmed before ``TTL - safety margin`` the
+body is cancelled and the ``async with`` raises :class:`LockLostError` — before another holder can
+get the lock.
 
 A write that must not come from a stale holder carries the fencing token; :func:`fenced_write`
 refuses a token older than one already seen for that name.
@@ -12,6 +13,7 @@ refuses a token older than one already seen for that name.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from typing import Any
 import anyio
 import msgspec
 import redis.asyncio as aioredis
-from anyio.abc import TaskGroup
+import redis.exceptions as redis_errors
 
 from .._errors import LockLostError, LockNotAcquiredError, StaleFencingTokenError
 from .._ids import validate_name
@@ -85,6 +87,7 @@ class Lock:
         name: str,
         ttl: float,
         holder: str,
+        keeper: LockKeeper,
         blocking: bool = True,
         timeout: float | None = None,
     ) -> None:
@@ -98,9 +101,13 @@ class Lock:
         self._timeout = timeout
         self._holder = holder
         self._keys = [keys.lock(scope, name), keys.fence(scope, name), keys.locks(scope)]
+        self._keeper = keeper
         self._lease: LockLease | None = None
-        self._tg: TaskGroup | None = None
-        self._body = anyio.CancelScope()
+        self._body: anyio.CancelScope | None = None  # the body's scope, made on entry
+        self._sent_at = 0.0  # monotonic time the successful acquire was sent
+        self._deadline = 0.0  # cancel the body if no renewal is confirmed by then
+        self._next_renewal = 0.0
+        self._renewal: anyio.CancelScope | None = None  # of the renewal in flight
 
     async def acquire(self) -> LockLease:
         """Take the lock (waiting as configured); the lease is not renewed by this call."""
@@ -108,10 +115,12 @@ class Lock:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         ttl_ms = int(self.ttl * 1000)
         while True:
+            self._sent_at = time.monotonic()  # the TTL runs from no earlier than this
+            now_ms = int(time.time() * 1000)
+            entry = {"holder": self._holder, "acquired_at": now_ms, "expires_at": now_ms + ttl_ms}
             with map_redis_errors(f"acquiring lock {self.name!r}"):
                 fence, wait_ms = await self._scripts.acquire(
-                    keys=self._keys,
-                    args=[token, ttl_ms, self.name, self._holder, int(time.time() * 1000)],
+                    keys=self._keys, args=[token, ttl_ms, self.name, _json.encode(entry)[:-1]]
                 )
             if int(fence) > 0:
                 self._lease = LockLease(self.name, token, int(fence), self.ttl)
@@ -149,35 +158,49 @@ class Lock:
         )
         return bool(extended)
 
-    async def _keep(self, lease: LockLease, confirmed_at: float) -> None:
-        """Renew every TTL/3; cancel the body when renewal is unconfirmed at TTL - margin."""
-        deadline = confirmed_at + self.ttl - safety_margin(self.ttl)
-        next_renewal = confirmed_at + self.ttl / 3
-        while True:
-            await anyio.sleep(max(0.0, next_renewal - time.monotonic()))
+    def renewal_due(self) -> float:
+        """When the keeper should renew next (monotonic seconds)."""
+        return self._next_renewal
+
+    async def renew(self, scope: anyio.CancelScope) -> None:
+        """One renewal, run by the keeper; cancels the body when unconfirmed at TTL - margin.
+
+        ``scope`` is cancelled when the body ends first.
+        """
+        with scope:
             sent_at = time.monotonic()
             extended = False
-            with anyio.move_on_after(max(0.0, deadline - sent_at)):
+            with anyio.move_on_after(max(0.0, self._deadline - sent_at)):
                 while True:
                     try:
                         extended = await self.extend()
                         break
-                    except CONNECTION_ERRORS:
-                        await anyio.sleep(min(0.1, self.ttl / 20))
+                    except (*CONNECTION_ERRORS, redis_errors.RedisError):
+                        await anyio.sleep(min(0.1, self.ttl / 20))  # unconfirmed: try again
             if not extended:
-                lease.lost = True
-                self._body.cancel()
+                self.lose()
                 return
-            deadline = sent_at + self.ttl - safety_margin(self.ttl)
-            next_renewal = sent_at + self.ttl / 3
+            self._deadline = sent_at + self.ttl - safety_margin(self.ttl)
+            self._next_renewal = sent_at + self.ttl / 3
+        self._renewal = None
+        if not scope.cancel_called:
+            self._keeper.due(self._next_renewal)
+
+    def lose(self) -> None:
+        """The lock can no longer be kept: mark the lease lost and cancel the body."""
+        if self._lease is not None:
+            self._lease.lost = True
+        if self._body is not None:
+            self._body.cancel()
+        self._keeper.discard(self)
 
     async def __aenter__(self) -> LockLease:
         lease = await self.acquire()
-        confirmed_at = time.monotonic()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._keep, lease, confirmed_at)
+        self._deadline = self._sent_at + self.ttl - safety_margin(self.ttl)
+        self._next_renewal = self._sent_at + self.ttl / 3
+        self._body = anyio.CancelScope()
         self._body.__enter__()
+        self._keeper.add(self)
         return lease
 
     async def __aexit__(
@@ -187,21 +210,81 @@ class Lock:
         tb: TracebackType | None,
     ) -> bool:
         lease = self._lease
+        assert self._body is not None
         swallowed = self._body.__exit__(exc_type, exc, tb)
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
+        self._keeper.discard(self)
+        if self._renewal is not None:
+            self._renewal.cancel()
+        lost = lease is not None and lease.lost  # decided before any await: only the body counts
         with anyio.move_on_after(2, shield=True):
             try:
                 await self.release()
             except Exception:  # best effort: the lock expires by itself
                 pass
-        if lease is not None and lease.lost:
+        if lease is not None and lost:
             raise LockLostError(
                 f"lock {self.name!r} (fencing token {lease.fencing_token}) could not be renewed "
                 f"before its TTL of {self.ttl} s ran out; the body was cancelled"
             ) from exc
         return bool(swallowed)
+
+
+class LockKeeper:
+    """Renews every lock one bus holds, from one task in the bus's task group.
+
+    Entering a lock registers it and leaving unregisters it — no task per lock, so a short body
+    costs its two round trips and little else. The keeper sleeps until the earliest renewal is
+    due and runs each due renewal in a task of its own, so a slow renewal never delays another
+    lock's deadline. When the keeper stops (the bus closes), every body it kept is cancelled:
+    nothing renews those locks any more.
+    """
+
+    IDLE = 1.0
+    """Seconds the keeper sleeps when nothing is due sooner."""
+
+    def __init__(self) -> None:
+        self._held: set[Lock] = set()
+        self._wake: anyio.Event | None = None
+        self._wake_at = math.inf  # when the sleeping keeper wakes by itself
+        self._stopped = False
+
+    def add(self, lock: Lock) -> None:
+        if self._stopped:
+            lock.lose()
+            return
+        self._held.add(lock)
+        self.due(lock.renewal_due())
+
+    def discard(self, lock: Lock) -> None:
+        self._held.discard(lock)
+
+    def due(self, at: float) -> None:
+        """A renewal is due ``at``: wake the keeper if it would sleep past that."""
+        if at < self._wake_at and self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    now = time.monotonic()
+                    wake_at = now + self.IDLE
+                    for lock in list(self._held):
+                        if lock._renewal is not None:
+                            continue  # being renewed; it reports its next renewal when done
+                        if lock.renewal_due() <= now:
+                            lock._renewal = anyio.CancelScope()
+                            tg.start_soon(lock.renew, lock._renewal)
+                        else:
+                            wake_at = min(wake_at, lock.renewal_due())
+                    self._wake, self._wake_at = anyio.Event(), wake_at
+                    with anyio.move_on_after(wake_at - now):
+                        await self._wake.wait()
+        finally:
+            self._stopped = True
+            self._wake, self._wake_at = None, math.inf
+            for lock in list(self._held):
+                lock.lose()
 
 
 async def fenced_write(

@@ -104,7 +104,8 @@ async def snapshot(
             pipe.hgetall(keys.locks(FAMILY))
             pipe.hgetall(keys.heartbeats(FAMILY))
             registry, alive, infos, version, family_locks, family_beats = await pipe.execute()
-        names = sorted(text(name) for name in registry)
+        registry = {text(name): entry for name, entry in registry.items()}  # bytes or str keys
+        names = sorted(registry)
         if cursor is not None:
             names = [name for name in names if name > cursor]
         page, rest = names[:limit], names[limit:]
@@ -128,7 +129,7 @@ async def snapshot(
     for index, agent in enumerate(page):
         state, groups, length, delayed, dead, locks, beats = replies[index * 7 : index * 7 + 7]
         instances = presence.get(agent)
-        entry = _registry_decoder.decode(registry[agent.encode()])
+        entry = _registry_decoder.decode(registry[agent])
         agents.append(AgentSnapshot(
             agent=agent,
             online=instances is not None,
