@@ -2,8 +2,9 @@
 
 Precedence, lowest first: built-in defaults < the file < environment variables < arguments to
 :func:`load_config`. The ``storage`` section keeps ArgentOS's shape, so the storage section of an
-``argent.json`` works unchanged; agentbus adds ``adminConnectionString``, ``embeddingDim``,
-``serviceKeys`` and the ``bus`` section.
+``argent.json`` works unchanged; agentbus adds ``adminConnectionString``, ``statementCacheSize``
+(0 behind PgBouncer in transaction mode), ``embeddingDim``, ``serviceKeys`` and the ``bus``
+section.
 
 Every problem is a :class:`ConfigError` that names where the value came from, the key and the fix,
 raised here and never mid-flight.
@@ -55,6 +56,8 @@ class PostgresConfig:
     # Migrations and maintenance run as the owner role; agents are served by the app role.
     admin_connection_string: str | None = None
     max_connections: int = 10
+    # asyncpg's prepared-statement cache; 0 behind PgBouncer in transaction mode. None: default.
+    statement_cache_size: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -110,6 +113,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "connectionString": str,
         "adminConnectionString": str,
         "maxConnections": int,
+        "statementCacheSize": int,
     },
     "storage.redis": {"host": str, "port": int, "db": int, "password": str},
     "storage.serviceKeys": {"masterKeyFile": str},
@@ -208,6 +212,11 @@ def _parse_storage(raw: Mapping[str, Any], source: str) -> StorageConfig:
             connection_string=pg.get("connectionString", DEFAULT_APP_URL),
             admin_connection_string=pg.get("adminConnectionString"),
             max_connections=int(_positive(pg, "maxConnections", 10, "storage.postgres", source)),
+            statement_cache_size=(
+                _non_negative(pg, "statementCacheSize", 0, "storage.postgres", source)
+                if "statementCacheSize" in pg
+                else None
+            ),
         )
         for key in ("connectionString", "adminConnectionString"):
             if key in pg:

@@ -148,6 +148,12 @@ class Lock:
             )
         return bool(released)
 
+    async def _release_quietly(self) -> None:
+        try:
+            await self.release()
+        except Exception:  # best effort: the lock expires by itself
+            pass
+
     async def extend(self) -> bool:
         """Renew the TTL if still the holder; False when the lock was lost."""
         if self._lease is None:
@@ -216,11 +222,12 @@ class Lock:
         if self._renewal is not None:
             self._renewal.cancel()
         lost = lease is not None and lease.lost  # decided before any await: only the body counts
-        with anyio.move_on_after(2, shield=True):
-            try:
-                await self.release()
-            except Exception:  # best effort: the lock expires by itself
-                pass
+        if exc_type is not None and issubclass(exc_type, anyio.get_cancelled_exc_class()):
+            # Being cancelled: release anyway, shielded and bounded.
+            with anyio.move_on_after(2, shield=True):
+                await self._release_quietly()
+        else:
+            await self._release_quietly()
         if lease is not None and lost:
             raise LockLostError(
                 f"lock {self.name!r} (fencing token {lease.fencing_token}) could not be renewed "

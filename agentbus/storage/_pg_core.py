@@ -76,6 +76,8 @@ class PgCore:
         max_connections: int,
         statement_cache_size: int | None,
         pool: asyncpg.Pool[asyncpg.Record] | None,
+        hnsw_ef_search: int = 64,
+        vector_exact_max: int | None = None,
     ) -> None:
         if dsn is None and pool is None:
             raise ConfigError("PgAdapter needs a connection string (the app role) or a pool")
@@ -92,6 +94,14 @@ class PgCore:
             raise ConfigError(
                 "statement_cache_size must be >= 0 (0 for PgBouncer transaction mode)"
             )
+        if not isinstance(hnsw_ef_search, int) or not 1 <= hnsw_ef_search <= 1000:
+            raise ConfigError(f"hnsw_ef_search must be 1..1000, got {hnsw_ef_search!r}")
+        if vector_exact_max is not None and (
+            not isinstance(vector_exact_max, int) or vector_exact_max < 0
+        ):
+            raise ConfigError(f"vector_exact_max must be >= 0, got {vector_exact_max!r}")
+        self.hnsw_ef_search = hnsw_ef_search
+        self.vector_exact_max = vector_exact_max
         self.dsn = dsn
         self.admin_dsn = admin_dsn
         self.embedding_dim = embedding_dim
@@ -122,7 +132,8 @@ class PgCore:
                     async with self._pool.acquire() as conn:
                         await check_schema(conn, embedding_dim=self.embedding_dim)
             except BaseException:
-                await self._close_pool()
+                if self._owns_pool:
+                    await self._close_pool()
                 raise
             self._checked = True
 

@@ -29,14 +29,15 @@ from ._rules import check_limit, fuse_rrf
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
 # $1 query (NULL: no keyword branch), $2 embedding (NULL: no vector branch), $3 limit,
-# $4 memory_type, $5 visibility, $6 own_only, $7 exact-path bound (NULL: automatic).
+# $4 memory_type, $5 visibility, $6 own_only, $7 exact-path bound (NULL: automatic),
+# $8 hnsw.ef_search of the HNSW path.
 _SEARCH = f"""
 WITH keyword AS (
     SELECT k.id, k.score, row_number() OVER (ORDER BY k.score DESC, k.id) AS rank
     FROM agentbus_search_items_keyword($1, $3, $4, $5, $6) AS k
 ), nearest AS (
     SELECT v.id, v.distance, row_number() OVER (ORDER BY v.distance, v.id) AS rank
-    FROM agentbus_search_items_vector($2, $3, $4, $5, $6, $7) AS v
+    FROM agentbus_search_items_vector($2, $3, $4, $5, $6, $7, $8) AS v
 )
 SELECT {ITEM_COLUMNS}, keyword.rank AS keyword_rank, keyword.score AS keyword_score,
        nearest.rank AS vector_rank, nearest.distance AS vector_distance
@@ -50,7 +51,6 @@ WHERE m.id IN (SELECT id FROM keyword UNION ALL SELECT id FROM nearest)
 async def search_items(
     scope: Scope, query: str, *, embedding: Vector | None, limit: int, mode: SearchMode,
     memory_type: str | None, visibility: str | None, own_only: bool,
-    exact_max: int | None = None,
 ) -> list[SearchHit]:  # fmt: skip
     """See :meth:`MemoryStore.search_items`.
 
@@ -67,8 +67,9 @@ async def search_items(
     vector_query = None if mode == "keyword" else embedding
     async with scope.tx("searching items") as conn:
         rows = await conn.fetch(
-            _SEARCH, keyword_query, vector_query, limit, kind, vis, bool(own_only), exact_max
-        )
+            _SEARCH, keyword_query, vector_query, limit, kind, vis, bool(own_only),
+            scope.core.vector_exact_max, scope.core.hnsw_ef_search,
+        )  # fmt: skip
     by_id = {row["id"]: row for row in rows}
     if mode == "keyword":
         ranked = sorted((r for r in rows if r["keyword_rank"]), key=lambda r: r["keyword_rank"])

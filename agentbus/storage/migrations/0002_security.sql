@@ -167,12 +167,19 @@ CREATE TRIGGER tasks_status_changed AFTER UPDATE OF status ON tasks
     EXECUTE FUNCTION agentbus_task_status_changed();
 
 -- Whether a task has an open dependency, counting ones the caller cannot see (a task blocked by
--- a private task of another agent is still blocked). Returns only a boolean about a task the
--- caller can see.
+-- a private task of another agent is still blocked). Answers only for a task the caller can
+-- see (false otherwise), by the select policy's rule.
 CREATE FUNCTION agentbus_has_open_dependency(p_task_id text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp
 AS $$
     SELECT EXISTS (
+        SELECT 1 FROM public.tasks t
+        WHERE t.id = p_task_id
+          AND (t.agent_id = NULLIF(current_setting('app.agent_id', true), '')
+               OR (t.visibility IN ('family', 'public')
+                   AND NULLIF(current_setting('app.agent_id', true), '') IS NOT NULL)
+               OR (t.visibility = 'team' AND t.team_id = ANY (public.agentbus_my_teams()))))
+    AND EXISTS (
         SELECT 1 FROM public.task_dependencies d JOIN public.tasks o ON o.id = d.depends_on
         WHERE d.task_id = p_task_id AND o.status IN ('pending', 'blocked', 'in_progress'))
 $$;
@@ -348,7 +355,8 @@ CREATE POLICY knowledge_chunks_write ON knowledge_chunks FOR ALL
         AND EXISTS (SELECT 1 FROM knowledge_documents d WHERE d.id = document_id));
 
 -- Grants: the app role reads and writes rows, nothing more (no TRUNCATE, REFERENCES, TRIGGER;
--- it owns nothing). Functions are not executable by PUBLIC.
+-- it owns nothing). No function is executable by PUBLIC; the app role may run the helpers its
+-- policies and queries call, not the trigger functions (those run as the owner, from triggers).
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO agentbus_app;
 REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM agentbus_app;
@@ -361,7 +369,10 @@ BEGIN
              WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'agentbus\_%'
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO agentbus_app', f);
     END LOOP;
 END
 $$;
+GRANT EXECUTE ON FUNCTION
+    agentbus_my_teams(), agentbus_is_team_member(text), agentbus_in_team(text),
+    agentbus_manages_team(text), agentbus_has_open_dependency(text)
+TO agentbus_app;
