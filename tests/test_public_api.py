@@ -7,7 +7,13 @@ import inspect
 
 import pytest
 
-PACKAGES = ["agentbus", "agentbus.presence", "agentbus.streams", "agentbus.testing"]
+PACKAGES = [
+    "agentbus",
+    "agentbus.presence",
+    "agentbus.storage",
+    "agentbus.streams",
+    "agentbus.testing",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
