@@ -121,7 +121,48 @@ async def _two_agents(config: Config) -> None:
                 _say(f"  a failing request answers at once with RemoteError: {exc}")
             await researcher.purge_dead_letters()
             await _presence_and_heartbeat(planner, researcher)
+            await _shared_storage(planner, researcher)
             tg.cancel_scope.cancel()
+
+
+async def _shared_storage(planner: AgentBus, researcher: AgentBus) -> None:
+    """Memory, tasks with dependencies and a team, in the SQLite file, through ``bus.storage``."""
+    memory = researcher.storage.memory
+    await memory.create_item("The deploy key rotates every Monday at 09:00 UTC",
+                             visibility="family")  # fmt: skip
+    await memory.create_item("Backups of the build cache are kept for 14 days")
+    again = await memory.create_item("The deploy key rotates every Monday at 09:00 UTC",
+                                     visibility="family")  # fmt: skip
+    _say(f"  memory: the same fact twice is one item, reinforced {again.reinforcement_count}x")
+    hits = await planner.storage.memory.search_items("deploy key", mode="keyword")
+    _say(f"  {planner.agent_id} searches 'deploy key' and sees the researcher's family memory: "
+         f"{[hit.item.summary for hit in hits][:1]}")  # fmt: skip
+    private = await planner.storage.memory.search_items("backups", mode="keyword")
+    _say(f"  ...but not its private one: {len(private)} hits for 'backups'")
+    tasks = planner.storage.tasks
+    project = f"demo-{uuid7()[-8:]}"
+    worker = researcher.agent_id
+    fetch = await tasks.create_task(
+        "Fetch the changelog", priority="high", project=project, assignee=worker,
+        visibility="family",
+    )  # fmt: skip
+    summarise = await tasks.create_task(
+        "Summarise it", depends_on=[fetch.id], project=project, assignee=worker,
+        visibility="family",
+    )  # fmt: skip
+    _say(f"  tasks: {fetch.short_id} {fetch.status}, {summarise.short_id} {summarise.status} "
+         f"(waits for {fetch.short_id})")  # fmt: skip
+    await researcher.storage.tasks.update_task(fetch.id, status="completed")
+    after = await tasks.get_task(summarise.id)
+    _say(f"  {researcher.agent_id} completes {fetch.short_id}: {summarise.short_id} is now "
+         f"{after.status if after else '?'}")  # fmt: skip
+    team = await planner.storage.teams.create_team(f"demo-team-{project}",
+                                                   members=[researcher.agent_id])  # fmt: skip
+    sent = await planner.broadcast("task.assign", {"project": project}, team=team.id)
+    _say(f"  team broadcast to {sorted(sent)}")
+    for task in (summarise, fetch):
+        await tasks.delete_task(task.id)
+    await planner.storage.teams.disband_team(team.id)
 
 
 async def _presence_and_heartbeat(planner: AgentBus, researcher: AgentBus) -> None:
@@ -183,6 +224,6 @@ def run_demo(config: Config) -> int:
     _say(f"sqlite {config.storage.sqlite.path} ready (journal_mode={journal})")
     _say("two agents on the bus:")
     anyio.run(_two_agents, config)
-    _say("done: mailboxes, request/reply, events and dead letters on this Redis; memory, tasks "
-         "and teams will live in the SQLite file")  # fmt: skip
+    _say("done: mailboxes, requests, events, presence, locks and heartbeats on this Redis; "
+         f"memory, tasks and teams in {config.storage.sqlite.path}")  # fmt: skip
     return 0
