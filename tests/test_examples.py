@@ -1,0 +1,63 @@
+"""The demo and the examples run against real servers and say what they should."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentbus._cli import main as cli_main
+from agentbus.testing import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_on_the_embedded_default(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`agentbus demo` exchanges messages, shows presence/state/heartbeat and uses storage."""
+    monkeypatch.delenv("AGENTBUS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "demo.db"
+    assert cli_main(["--redis-url", redis_server.url, "--sqlite-path", str(db), "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "request/reply: {'answer': 'meaning -> 42'}" in out
+    assert "reason=error after 5 attempts" in out
+    assert "a failing request answers at once with RemoteError" in out
+    assert "online: demo-planner" in out
+    assert "is now pending" in out
+    assert "team broadcast to ['demo-researcher']" in out
+    assert db.exists()
+
+
+def test_config_command_prints_the_resolved_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`agentbus config` prints JSON with the environment applied; bad config exits 1."""
+    monkeypatch.delenv("AGENTBUS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGENTBUS_REDIS_URL", "redis://127.0.0.1:7777/2")
+    assert cli_main(["config"]) == 0
+    assert '"port": 7777' in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"storage": {"backend": "mongo"}}')
+    assert cli_main(["--config", str(bad), "config"]) == 1
+    assert "storage.backend 'mongo' is unknown" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_request_reply_example(redis_server: RedisServer) -> None:
+    """examples/request_reply.py answers a question and delivers a task."""
+    spec = importlib.util.spec_from_file_location(
+        "request_reply", ROOT / "examples" / "request_reply.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["request_reply"] = module
+    spec.loader.exec_module(module)
+    seen = await module.main(redis_server.url)
+    assert seen == ["you asked: why?", "task t1 from planner"]
