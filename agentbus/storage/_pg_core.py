@@ -76,7 +76,7 @@ class PgCore:
         max_connections: int,
         statement_cache_size: int | None,
         pool: asyncpg.Pool[asyncpg.Record] | None,
-        hnsw_ef_search: int = 64,
+        hnsw_ef_search: int = 100,
         vector_exact_max: int | None = None,
     ) -> None:
         if dsn is None and pool is None:

@@ -31,7 +31,7 @@ from agentbus.storage._errors import (
 )
 from agentbus.storage._models import PRIORITY_RANK
 from agentbus.storage._pg_migrations import load_migrations
-from agentbus.storage._postgres import PgAdapter
+from agentbus.storage._postgres import PgAdapter, init_connection
 from agentbus.testing import PostgresServer
 
 from ._support import EMBEDDING_DIM, as_list, unit
@@ -227,6 +227,11 @@ async def test_roles_own_what_they_should_and_the_app_role_has_no_truncate_or_re
         "public execute": "SELECT count(*) FROM pg_proc WHERE proname LIKE 'agentbus\\_%'"
         " AND has_function_privilege('public', oid, 'EXECUTE')",
         "definers": "SELECT count(*) FROM pg_proc WHERE prosecdef AND proname LIKE 'agentbus\\_%'",
+        "app runs triggers": "SELECT count(*) FROM pg_proc WHERE prorettype = 'trigger'::regtype"
+        " AND proname LIKE 'agentbus\\_%'"
+        " AND has_function_privilege('agentbus_app', oid, 'EXECUTE')",
+        "app refreshes": "SELECT has_function_privilege('agentbus_app',"
+        " 'agentbus_refresh_task_status(text)', 'EXECUTE')::int",
     }
     found = {name: int(psql(postgres_server, pg_database, query)) for name, query in sql.items()}
     assert found.pop("definers") >= 8
@@ -410,8 +415,9 @@ async def test_adapter_reads_family_and_team_rows_but_cannot_change_them(new_pai
     assert await b.tasks.get_task(task.id) == task
 
 
-async def test_the_assignee_may_move_a_visible_task_along(new_pair: Any) -> None:
-    """A task handed off to A (and visible to A) can be updated by A; the owner keeps it."""
+async def test_the_assignee_may_move_a_visible_task_along(new_pair: Any, app_conn: Any) -> None:
+    """A task handed off to A (and visible to A) can be updated by A; the owner keeps it, even
+    against raw SQL from A."""
     a, b = new_pair()
     task = await b.tasks.create_task("family errand", visibility="family")
     await b.tasks.handoff_task(task.id, a.agent_id, note="yours")
@@ -419,6 +425,9 @@ async def test_the_assignee_may_move_a_visible_task_along(new_pair: Any) -> None
     assert (moved.status, moved.agent_id, moved.assignee) == ("in_progress", b.agent_id, a.agent_id)
     kinds = [event.kind for event in await b.tasks.task_history(task.id)]
     assert kinds == ["created", "handoff", "status"]
+    take = "UPDATE tasks SET agent_id = $2 WHERE id = $1"
+    assert await refused(app_conn, a.agent_id, take, task.id, a.agent_id) == "CheckViolationError"
+    assert (await b.tasks.get_task(task.id)).agent_id == b.agent_id
 
 
 async def test_completing_a_dependency_unblocks_another_agents_task(new_pair: Any) -> None:
@@ -493,6 +502,10 @@ async def test_fifty_concurrent_agents_on_one_pool_never_see_each_other(
         for n, me in enumerate(agents):
             tg.start_soon(check, n, me)
     assert problems == []
+    pool = postgres_adapter._core._pool
+    assert pool is not None
+    async with pool.acquire() as conn:  # the setting was transaction-local: nothing lingers
+        assert await conn.fetchval("SELECT current_setting('app.agent_id', true)") in (None, "")
 
 
 # --- search uses its indexes under RLS -------------------------------------------------------
@@ -656,13 +669,14 @@ async def test_from_config_and_views(
                 "connectionString": postgres_server.dsn_for("agentbus_app", pg_database),
                 "adminConnectionString": postgres_server.dsn_for("agentbus_owner", pg_database),
                 "maxConnections": 3,
+                "statementCacheSize": 0,
             },
         }
     })  # fmt: skip
     adapter = PgAdapter.from_config(config)
     async with adapter:
         assert adapter.is_ready()
-        assert adapter._core.max_connections == 3
+        assert (adapter._core.max_connections, adapter._core.statement_cache_size) == (3, 0)
         with pytest.raises(StorageError, match="for_agent"):
             _ = adapter.memory
         me = adapter.for_agent(new_agent("cfg"))
@@ -672,6 +686,32 @@ async def test_from_config_and_views(
         PgAdapter.from_config(parse_config({}))
     with pytest.raises(ConfigError, match="embedding_dim"):
         PgAdapter("postgres://x@127.0.0.1/x", embedding_dim=4000)
+
+
+async def test_an_injected_pool_is_used_and_left_open(
+    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter,
+    new_agent: Callable[..., str],
+) -> None:  # fmt: skip
+    """PgAdapter(pool=...) serves from a pool made with init=init_connection and leaves it open
+    when closed."""
+    pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+        postgres_server.dsn_for("agentbus_app", pg_database),
+        min_size=1, max_size=2, init=init_connection,
+    )  # fmt: skip
+    try:
+        adapter = PgAdapter(pool=pool, embedding_dim=EMBEDDING_DIM)
+        await adapter.open()
+        me = adapter.for_agent(new_agent("injected"))
+        item = await me.memory.create_item("injected harbor", metadata={"b": 1, "a": 2})
+        assert list(item.metadata) == ["a", "b"]
+        assert await me.memory.get_item(item.id) == item
+        await adapter.aclose()
+        assert not adapter.is_ready()
+        assert not pool.is_closing()
+        with pytest.raises(StorageUnavailableError, match="not open"):
+            await me.memory.get_item(item.id)
+    finally:
+        await pool.close()
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -692,6 +732,8 @@ async def test_killing_postgres_mid_write_is_unavailable_and_leaves_no_partial_r
         me = adapter.for_agent(new_agent("crash"))
         batch = [{"summary": f"doomed row {n}", "embedding": as_list(unit(n))} for n in range(4000)]
         watcher = await asyncpg.connect(server.superuser_dsn)
+        # Test clusters run with synchronous_commit off: make the schema survive the crash.
+        await watcher.execute("CHECKPOINT")
         caught: list[BaseException] = []
 
         async def write() -> None:

@@ -85,12 +85,13 @@ $$;
 -- scan of that many rows starts to cost more than an iterative HNSW scan at that selectivity
 -- (measured on the 84,735-row corpus, k = 10: exact 1.7 ms vs HNSW 1.9 ms at 1,009 rows,
 -- 3.4 vs 3.7 ms at 2,020, 130 vs 2.3 ms at 49,534; HNSW for 50 rows: 54 ms).
--- p_ef_search 64: recall@10 0.965 at 2.9 ms for the 49,534-row agent (40: 0.955 at 2.4 ms,
--- 100: 0.985 at 4.4 ms; 20 held-out queries).
+-- p_ef_search 100: recall@10 0.985 at 4.4 ms for the 49,519-row agent (64: 0.965 at 2.9 ms,
+-- 40: 0.955 at 2.4 ms; 20 held-out queries). Recall is lowest where the filter keeps most rows:
+-- at 2.4 % selectivity the iterative scan goes on long enough for 0.995 even at 40.
 CREATE FUNCTION agentbus_search_items_vector(
     p_embedding vector, p_limit integer, p_memory_type text DEFAULT NULL,
     p_visibility text DEFAULT NULL, p_own_only boolean DEFAULT false,
-    p_exact_max integer DEFAULT NULL, p_ef_search integer DEFAULT 64
+    p_exact_max integer DEFAULT NULL, p_ef_search integer DEFAULT 100
 ) RETURNS TABLE (id text, distance double precision)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp SET jit = off
