@@ -164,3 +164,34 @@ def check_unit(field: str, value: object) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
         raise ValidationError(f"{field} must be a number from 0 to 1, got {value!r}")
     return float(value)
+
+
+def chunk_text(content: str, *, size: int = 1200, overlap: int = 150) -> list[str]:
+    """Split a document into chunks for search (the documented rule, the same on every backend).
+
+    Text up to ``size`` characters is one chunk. Longer text is cut into windows of at most
+    ``size`` characters that end at the last paragraph break, else sentence end, else space in
+    the window's second half (a hard cut when there is none); the next window starts ``overlap``
+    characters before the previous end, so a sentence cut in two is still found whole.
+    """
+    text = content.strip()
+    if len(text) <= size:
+        return [text]
+    chunks: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            window = text[start:end]
+            for separator in ("\n\n", ". ", " "):
+                cut = window.rfind(separator, size // 2)
+                if cut != -1:
+                    end = start + cut + len(separator)
+                    break
+        chunk = text[start:end].strip()
+        if chunk:
+            chunks.append(chunk)
+        if end >= len(text):
+            break
+        start = max(end - overlap, start + 1)
+    return chunks

@@ -50,3 +50,12 @@ class MigrationError(StorageError):
 
 class StorageUnavailableError(StorageError, ConnectionError):
     """The database cannot be reached."""
+
+
+class PermissionDeniedError(StorageError, PermissionError):
+    """The agent can see the row but may not do this (e.g. grant on a collection it only reads)."""
+
+
+class SecretDecryptionError(StorageError):
+    """A stored secret cannot be decrypted: wrong master key, or the stored data was altered.
+    The message never contains the secret."""

@@ -204,3 +204,117 @@ class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
     config: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+
+# ---- Storage II: knowledge, service keys, observations, feedback, live candidates -----------
+
+Permission = Literal["read", "write", "owner"]
+PERMISSIONS: tuple[Permission, ...] = ("read", "write", "owner")
+CollectionVisibility = Literal["private", "family", "public"]
+CandidateStatus = Literal["pending", "merged", "promoted", "rejected"]
+
+CHUNK_CHARS = 1200
+CHUNK_OVERLAP = 150
+"""Chunking rule: see ``_canonical.chunk_text``."""
+
+
+class KnowledgeCollection(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    owner: str  # the agent that created it
+    name: str
+    description: str | None
+    visibility: CollectionVisibility  # family/public: readable by every agent (the library)
+    metadata: dict[str, Any]
+    document_count: int
+    permission: Permission | None  # what the reading agent may do (None: library read only)
+    created_at: datetime
+
+
+class KnowledgeGrant(msgspec.Struct, frozen=True, kw_only=True):
+    collection_id: str
+    agent_id: str
+    permission: Permission
+    granted_by: str
+    granted_at: datetime
+
+
+class KnowledgeDocument(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    collection_id: str
+    agent_id: str  # who ingested it
+    title: str
+    content: str
+    metadata: dict[str, Any]
+    chunk_count: int
+    created_at: datetime
+
+
+class KnowledgeHit(msgspec.Struct, frozen=True, kw_only=True):
+    document_id: str
+    collection_id: str
+    title: str
+    chunk_index: int
+    text: str  # the matching chunk
+    score: float
+    keyword_rank: int | None
+    vector_rank: int | None
+
+
+class ServiceKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored secret's name and metadata — never its value."""
+
+    name: str
+    agent_id: str
+    version: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    agent_id: str
+    session_id: str
+    kind: str
+    summary: str
+    detail: dict[str, Any]
+    tool: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    created_at: datetime
+
+
+class ModelFeedback(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    agent_id: str
+    session_id: str
+    model: str
+    task: str | None
+    self_evaluation: float | None  # 0..1, the agent's own judgement
+    rating: int | None  # 1..5, the user's; set once
+    comment: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    rated_at: datetime | None
+
+
+class RatingResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``applied`` is False when the record already had a rating (which is kept)."""
+
+    feedback: ModelFeedback
+    applied: bool
+
+
+class LiveCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    """A memory that may duplicate an existing item, waiting for a decision."""
+
+    id: str
+    agent_id: str
+    summary: str
+    similar_item_id: str | None
+    similarity: float | None
+    status: CandidateStatus
+    resolved_item_id: str | None  # the item merged into or promoted to
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime

@@ -29,17 +29,29 @@ from typing import Any, Protocol
 
 from ._models import (
     AgentRecord,
+    CandidateStatus,
     Category,
+    CollectionVisibility,
     Entity,
+    KnowledgeCollection,
+    KnowledgeDocument,
+    KnowledgeGrant,
+    KnowledgeHit,
     Lesson,
+    LiveCandidate,
     MemoryItem,
     MemoryStats,
     MemoryType,
+    ModelFeedback,
+    Observation,
+    Permission,
     Priority,
+    RatingResult,
     Reflection,
     Resource,
     SearchHit,
     SearchMode,
+    ServiceKeyInfo,
     Task,
     TaskEvent,
     TaskStatus,
@@ -48,6 +60,7 @@ from ._models import (
     TeamRole,
     Visibility,
 )
+from ._secret import SecretValue
 
 Vector = Sequence[float]
 
@@ -237,6 +250,139 @@ class AgentStore(Protocol):
     async def set_agent_status(self, agent_id: str, status: str) -> AgentRecord: ...
 
 
+class KnowledgeStore(Protocol):
+    """Shared knowledge: collections with per-agent grants, documents in chunks, search.
+
+    Readable collections: the agent's own, those it holds a grant on, and ``family``/``public``
+    ones (the shared library). Grants: ``read`` < ``write`` < ``owner`` (write implies read); the
+    creator is owner; only an owner grants or revokes, deletes the collection, or changes it;
+    there are no wildcard grants and no way to claim a collection whose owner is gone. A
+    collection the agent cannot read is not found; one it reads but may not change raises
+    ``PermissionDeniedError``. Search checks grants inside the query: the top k are computed over
+    permitted rows only, never filtered after ranking.
+    """
+
+    async def create_collection(
+        self, name: str, *, description: str | None = None,
+        visibility: CollectionVisibility = "private", metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> KnowledgeCollection: ...  # fmt: skip
+    async def get_collection(self, collection_id: str) -> KnowledgeCollection | None: ...
+    async def list_collections(
+        self, *, permission: Permission = "read", include_library: bool = True
+    ) -> list[KnowledgeCollection]:
+        """Collections this agent may ``read`` (or ``write``/``owner``), by name then id."""
+        ...
+
+    async def delete_collection(self, collection_id: str) -> None:
+        """Owner only; removes its documents, chunks and grants."""
+        ...
+
+    async def grant(
+        self, collection_id: str, agent_id: str, permission: Permission
+    ) -> KnowledgeGrant: ...
+    async def revoke(self, collection_id: str, agent_id: str) -> bool: ...
+    async def list_grants(self, collection_id: str) -> list[KnowledgeGrant]: ...
+    async def ingest_document(
+        self, collection_id: str, title: str, content: str, *,
+        metadata: Mapping[str, Any] | None = None, embeddings: Sequence[Vector] | None = None,
+        id: str | None = None,
+    ) -> KnowledgeDocument:  # fmt: skip
+        """Write permission needed. The content is split by ``chunk_text``; ``embeddings`` (one
+        per chunk, in order; see ``chunk_text``) make the chunks vector-searchable."""
+        ...
+
+    async def get_document(self, document_id: str) -> KnowledgeDocument | None: ...
+    async def list_documents(
+        self, collection_id: str, *, limit: int = 50, offset: int = 0
+    ) -> list[KnowledgeDocument]: ...
+    async def delete_document(self, document_id: str) -> None: ...
+    async def search(
+        self, query: str, *, embedding: Vector | None = None, limit: int = 10,
+        mode: SearchMode = "hybrid", collection_ids: Sequence[str] | None = None,
+    ) -> list[KnowledgeHit]:  # fmt: skip
+        """Across every readable collection (or the readable ones among ``collection_ids``),
+        keyword / vector / RRF hybrid over chunks; k hits whenever k permitted chunks match."""
+        ...
+
+
+class ServiceKeyStore(Protocol):
+    """Per-agent secrets, encrypted in the application (AES-GCM, envelope encryption: a data key
+    per secret wrapped by the master key; associated data binds agent, name and version). Values
+    come back as :class:`SecretValue` and never appear in logs, reprs or exceptions."""
+
+    async def put(
+        self, name: str, secret: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> ServiceKeyInfo:
+        """Store (version 1) or replace (next version) a secret."""
+        ...
+
+    async def get(self, name: str) -> SecretValue | None: ...
+    async def list_keys(self) -> list[ServiceKeyInfo]:
+        """Names and metadata only, by name."""
+        ...
+
+    async def delete(self, name: str) -> bool: ...
+    async def rotate(self, name: str, secret: str) -> ServiceKeyInfo:
+        """Replace an existing secret's value (NotFoundError when there is none)."""
+        ...
+
+
+class ObservationStore(Protocol):
+    async def record(
+        self, session_id: str, kind: str, summary: str, *,
+        detail: Mapping[str, Any] | None = None, tool: str | None = None,
+        started_at: datetime | None = None, ended_at: datetime | None = None,
+    ) -> Observation: ...  # fmt: skip
+    async def list_observations(
+        self, *, session_id: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[Observation]:
+        """Newest first."""
+        ...
+
+    async def search(self, query: str, *, limit: int = 20) -> list[Observation]:
+        """Keyword (AND of terms) over summaries."""
+        ...
+
+
+class FeedbackStore(Protocol):
+    async def record(
+        self, session_id: str, model: str, *, task: str | None = None,
+        self_evaluation: float | None = None, metadata: Mapping[str, Any] | None = None,
+    ) -> ModelFeedback: ...  # fmt: skip
+    async def rate(
+        self, feedback_id: str, rating: int, *, comment: str | None = None
+    ) -> RatingResult:
+        """Set the user's rating (1..5) once; a second call changes nothing (applied=False)."""
+        ...
+
+    async def latest(self, session_id: str) -> ModelFeedback | None: ...
+    async def list_feedback(
+        self, *, model: str | None = None, limit: int = 50
+    ) -> list[ModelFeedback]: ...
+
+
+class LiveCandidateStore(Protocol):
+    async def create(
+        self, summary: str, *, similar_item_id: str | None = None,
+        similarity: float | None = None, metadata: Mapping[str, Any] | None = None,
+    ) -> LiveCandidate: ...  # fmt: skip
+    async def list_candidates(
+        self, *, status: CandidateStatus | None = "pending", limit: int = 50
+    ) -> list[LiveCandidate]: ...
+    async def merge(self, candidate_id: str, *, into: str | None = None) -> LiveCandidate:
+        """Fold into an existing item (default: ``similar_item_id``), which is reinforced."""
+        ...
+
+    async def promote(
+        self, candidate_id: str, *, visibility: Visibility = "private"
+    ) -> LiveCandidate:
+        """Create a memory item from the candidate (``resolved_item_id``)."""
+        ...
+
+    async def reject(self, candidate_id: str) -> LiveCandidate: ...
+
+
 class StorageAdapter(Protocol):
     """One storage backend. ``memory``/``tasks``/``teams`` need an agent: use ``for_agent``."""
 
@@ -248,6 +394,8 @@ class StorageAdapter(Protocol):
     def teams(self) -> TeamStore: ...
     @property
     def agents(self) -> AgentStore: ...
+    # Storage II (knowledge, service_keys, observations, feedback, live_candidates) joins this
+    # protocol once both backends implement KnowledgeStore ... LiveCandidateStore below.
     @property
     def agent_id(self) -> str | None: ...
     def for_agent(self, agent_id: str) -> StorageAdapter: ...
