@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
@@ -112,7 +113,10 @@ class MailboxConsumer:
                         count=count, block=BLOCK_MS,
                     )  # fmt: skip
                     entries = read_entries(reply)
-                    await self.dispatch(entries, sink, None)
+                    if await self.dispatch(entries, sink, None):
+                        # Let the handlers start (and a request's reply go out) before this
+                        # loop spends time issuing its next read.
+                        await anyio.lowlevel.checkpoint()
                 else:
                     # Entries held before the read count too: one acked while the reply was on
                     # its way has left in_flight but is in the reply.
