@@ -31,6 +31,13 @@ def config_as_dict(config: Config) -> dict[str, Any]:
     return result
 
 
+def _page_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 5000:
+        raise argparse.ArgumentTypeError(f"must be 1-5000, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentbus",
@@ -51,6 +58,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run the demo on the embedded default (needs the project Redis: scripts/demo.sh "
         "starts it)",
     )
+    status = commands.add_parser(
+        "status", help="show the family: presence, state, mailboxes, locks, heartbeats"
+    )
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS")
+    status.add_argument(
+        "--limit", type=_page_size, default=200, help="agents shown, 1-5000 (default 200)"
+    )
     return parser
 
 
@@ -67,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             print(json.dumps(config_as_dict(config), indent=2))
             return 0
+        if args.command == "status":
+            from ._status import run_status
+
+            return run_status(config, watch=args.watch, limit=args.limit)
         from ._demo import run_demo
 
         return run_demo(config)

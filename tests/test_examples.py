@@ -33,6 +33,24 @@ def test_demo_runs_on_the_embedded_default(
     assert db.exists()
 
 
+def test_status_command_shows_the_family(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`agentbus status` prints every registered agent with its status and mailbox counters."""
+    monkeypatch.delenv("AGENTBUS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    db = str(tmp_path / "demo.db")
+    assert cli_main(["--redis-url", redis_server.url, "--sqlite-path", db, "demo"]) == 0
+    capsys.readouterr()
+    assert cli_main(["--redis-url", redis_server.url, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "demo-researcher" in out
+    assert "family heartbeat demo-beat: ok" in out
+    with pytest.raises(SystemExit):
+        cli_main(["status", "--limit", "0"])
+
+
 def test_config_command_prints_the_resolved_configuration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
