@@ -122,7 +122,7 @@ def _data_key(master: MasterKey, sealed: SealedSecret, aad: bytes, name: str) ->
         )
     try:
         return AESGCM(master._key).decrypt(sealed.key_nonce, sealed.wrapped_key, aad)
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
         raise SecretDecryptionError(
             f"service key {name!r} cannot be unwrapped: its stored data or binding was altered"
         ) from None
@@ -136,7 +136,7 @@ def unseal(
     data_key = _data_key(master, sealed, aad, name)
     try:
         plaintext = AESGCM(data_key).decrypt(sealed.nonce, sealed.ciphertext, aad)
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
         raise SecretDecryptionError(
             f"service key {name!r} cannot be decrypted: its ciphertext, nonce or binding was "
             "altered"

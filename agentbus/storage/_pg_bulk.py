@@ -12,14 +12,18 @@ in **one transaction**:
    skipped and a re-run loads nothing twice;
 3. rebuilds the index over the **whole table** (``maintenance_work_mem`` raised for this
    transaction so the graph is built in memory; parallel workers as the server allows);
-4. runs ``ANALYZE memory_items`` so the planner and the vector-search path choice see the new
-   row counts.
+
+and after COMMIT runs ``VACUUM (ANALYZE) memory_items``: the planner and the vector-search
+path choice see the new row counts, the visibility map lets the index-only counts of visible
+rows skip the heap, the GIN index's pending list is merged (a keyword search reads it whole),
+and autovacuum is left nothing to do in the middle of the next searches.
 
 Costs and effects, stated plainly: dropping the index takes an ACCESS EXCLUSIVE lock on
 ``memory_items`` until COMMIT, so every reader and writer of the table waits for the whole load
 (it is a maintenance-window tool, not an online one); the rebuild covers the rows already in
 the table too, so it only pays off when the load is large next to them. If anything fails, the
-transaction rolls back: no row is loaded and the index is as it was.
+transaction rolls back: no row is loaded and the index is as it was (a failed VACUUM after
+COMMIT leaves the rows loaded; autovacuum catches up later).
 
 The caller vouches for the rows: policies do not run for the owner role, so team membership of
 ``team`` rows is not checked (a ``resource_id`` still must exist: foreign keys hold).
@@ -115,7 +119,7 @@ async def bulk_load_items(
                     status = await conn.execute(_INSERT, now, *_columns(chunk))
                     inserted += int(status.rsplit(" ", 1)[-1])
                 await conn.execute(definition or _HNSW_DEFAULT)
-                await conn.execute("ANALYZE memory_items")
+            await conn.execute("VACUUM (ANALYZE) memory_items")
     finally:
         with map_pg_errors("closing the bulk-load connection"):
             await conn.close(timeout=5)

@@ -9,7 +9,7 @@ of migration 0002 read that setting; an empty one sees nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -20,6 +20,7 @@ from pgvector.asyncpg import register_vector
 
 from .._errors import ConfigError
 from ._canonical import canonical_json
+from ._crypto import MasterKey
 from ._errors import MigrationError, StorageError, StorageUnavailableError
 from ._pg_errors import SETUP_HINT, map_pg_errors
 from ._pg_migrations import check_schema, migrate
@@ -78,6 +79,8 @@ class PgCore:
         pool: asyncpg.Pool[asyncpg.Record] | None,
         hnsw_ef_search: int = 100,
         vector_exact_max: int | None = None,
+        master_key: MasterKey | None = None,
+        master_key_loader: Callable[[], MasterKey] = MasterKey.load,
     ) -> None:
         if dsn is None and pool is None:
             raise ConfigError("PgAdapter needs a connection string (the app role) or a pool")
@@ -96,6 +99,8 @@ class PgCore:
             )
         if not isinstance(hnsw_ef_search, int) or not 1 <= hnsw_ef_search <= 1000:
             raise ConfigError(f"hnsw_ef_search must be 1..1000, got {hnsw_ef_search!r}")
+        if master_key is not None and not isinstance(master_key, MasterKey):
+            raise ConfigError(f"master_key must be a MasterKey, got {type(master_key).__name__}")
         if vector_exact_max is not None and (
             not isinstance(vector_exact_max, int) or vector_exact_max < 0
         ):
@@ -112,6 +117,21 @@ class PgCore:
         self._checked = False
         self._lock = anyio.Lock()
         self.applied_migrations: list[int] = []
+        self._master_key = master_key
+        self.master_key_loader = master_key_loader
+        self._key_lock = anyio.Lock()
+
+    async def master_key(self) -> MasterKey:
+        """The service keys' master key, loaded once (off the event loop: it may create the
+        key file) on first use when none was passed in."""
+        if self._master_key is None:
+            async with self._key_lock:
+                if self._master_key is None:
+                    self._master_key = await anyio.to_thread.run_sync(self.master_key_loader)
+        return self._master_key
+
+    def replace_master_key(self, key: MasterKey) -> None:
+        self._master_key = key
 
     def is_ready(self) -> bool:
         return self._pool is not None and self._checked and not self._pool.is_closing()

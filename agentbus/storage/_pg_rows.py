@@ -17,10 +17,17 @@ from ._models import (
     AgentRecord,
     Category,
     Entity,
+    KnowledgeCollection,
+    KnowledgeDocument,
+    KnowledgeGrant,
     Lesson,
+    LiveCandidate,
     MemoryItem,
+    ModelFeedback,
+    Observation,
     Reflection,
     Resource,
+    ServiceKeyInfo,
     Task,
     TaskEvent,
     Team,
@@ -65,6 +72,33 @@ TASK_COLUMNS = (
 )
 TASK_ORDER = "t.priority_rank, t.due_at NULLS LAST, t.created_at, t.id"
 AGENT_COLUMNS = "a.id, a.name, a.role, a.status, a.config, a.created_at, a.updated_at"
+
+# Storage II: kc knowledge_collections, kg grants, kd documents, sk service_keys,
+# o observations, fb model_feedback, lc live_candidates.
+COLLECTION_COLUMNS = (
+    "kc.id, kc.agent_id AS owner, kc.name, kc.description, kc.visibility, kc.metadata,"
+    " kc.created_at, agentbus_collection_permission(kc.id) AS permission,"
+    " (SELECT count(*) FROM knowledge_documents kd WHERE kd.collection_id = kc.id)"
+    " AS document_count"
+)
+GRANT_COLUMNS = "kg.collection_id, kg.agent_id, kg.permission, kg.granted_by, kg.granted_at"
+DOCUMENT_COLUMNS = (
+    "kd.id, kd.collection_id, kd.agent_id, kd.title, kd.content, kd.metadata, kd.chunk_count,"
+    " kd.created_at"
+)
+SERVICE_KEY_COLUMNS = "sk.name, sk.agent_id, sk.version, sk.metadata, sk.created_at, sk.updated_at"
+OBSERVATION_COLUMNS = (
+    "o.id, o.agent_id, o.session_id, o.kind, o.summary, o.detail, o.tool, o.started_at,"
+    " o.ended_at, o.created_at"
+)
+FEEDBACK_COLUMNS = (
+    "fb.id, fb.agent_id, fb.session_id, fb.model, fb.task, fb.self_evaluation, fb.rating,"
+    " fb.comment, fb.metadata, fb.created_at, fb.rated_at"
+)
+CANDIDATE_COLUMNS = (
+    "lc.id, lc.agent_id, lc.summary, lc.similar_item_id, lc.similarity, lc.status,"
+    " lc.resolved_item_id, lc.metadata, lc.created_at, lc.updated_at"
+)
 
 
 @cache
@@ -132,3 +166,31 @@ def team(record: Record, members: Sequence[Record]) -> Team:
 def member(record: Record) -> TeamMember:
     return TeamMember(agent_id=record["agent_id"], role=record["role"],
                       joined_at=record["joined_at"])  # fmt: skip
+
+
+def collection(record: Record) -> KnowledgeCollection:
+    return KnowledgeCollection(**_fields(record, KnowledgeCollection))
+
+
+def grant(record: Record) -> KnowledgeGrant:
+    return KnowledgeGrant(**_fields(record, KnowledgeGrant))
+
+
+def document(record: Record) -> KnowledgeDocument:
+    return KnowledgeDocument(**_fields(record, KnowledgeDocument))
+
+
+def service_key(record: Record) -> ServiceKeyInfo:
+    return ServiceKeyInfo(**_fields(record, ServiceKeyInfo))
+
+
+def observation(record: Record) -> Observation:
+    return Observation(**_fields(record, Observation))
+
+
+def feedback(record: Record) -> ModelFeedback:
+    return ModelFeedback(**_fields(record, ModelFeedback))
+
+
+def candidate(record: Record) -> LiveCandidate:
+    return LiveCandidate(**_fields(record, LiveCandidate))

@@ -25,11 +25,16 @@ import asyncpg
 from .._config import Config, StorageConfig
 from .._errors import ConfigError
 from .._ids import validate_agent_id
+from ._crypto import MasterKey
 from ._errors import StorageError
 from ._pg_bulk import bulk_load_items
+from ._pg_candidates import PgLiveCandidates
 from ._pg_core import PgCore, Scope, init_connection
 from ._pg_errors import map_pg_errors
+from ._pg_knowledge import PgKnowledge
 from ._pg_memory import PgMemory
+from ._pg_service_keys import PgServiceKeys, rotate_master_key
+from ._pg_sessions import PgFeedback, PgObservations
 from ._pg_tasks import PgTasks
 from ._pg_teams import PgAgents, PgTeams
 from ._protocol import StorageAdapter
@@ -55,7 +60,10 @@ class PgAdapter:
             and 1.5 ms faster).
         vector_exact_max: visible embedded rows below which vector search scans them exactly
             instead of using HNSW; None: sqrt(5 * limit * rows in the table), at least 1000
-            (see migration 0003).
+            (see migration 0003). The same bound applies to knowledge chunks (migration 0005).
+        master_key: the service keys' master key. None: loaded on first service-key use with
+            ``MasterKey.load`` (``AGENTBUS_MASTER_KEY``, else the configured key file, created
+            with mode 0600 when missing), once per adapter.
 
     Use ``for_agent(agent_id)`` for a view acting as one agent; views share the pool, and
     closing a view does nothing.
@@ -77,6 +85,7 @@ class PgAdapter:
         pool: asyncpg.Pool[asyncpg.Record] | None = None,
         hnsw_ef_search: int = 100,
         vector_exact_max: int | None = None,
+        master_key: MasterKey | None = None,
     ) -> None:
         core = PgCore(
             dsn,
@@ -87,6 +96,7 @@ class PgAdapter:
             pool=pool,
             hnsw_ef_search=hnsw_ef_search,
             vector_exact_max=vector_exact_max,
+            master_key=master_key,
         )
         self._init_view(core, None)
 
@@ -108,13 +118,17 @@ class PgAdapter:
                 "storage.postgres is missing: add "
                 '"postgres": {"connectionString": ..., "adminConnectionString": ...}'
             )
-        return cls(
+        adapter = cls(
             pg.connection_string,
             admin_dsn=pg.admin_connection_string,
             embedding_dim=storage.embedding_dim,
             max_connections=pg.max_connections,
             statement_cache_size=pg.statement_cache_size,
         )
+        # Loaded on first service-key use, not here: most adapters never touch a secret.
+        key_file = storage.service_keys.master_key_file
+        adapter._core.master_key_loader = lambda: MasterKey.load(path=key_file)
+        return adapter
 
     # --- views ----------------------------------------------------------------------------------
 
@@ -156,6 +170,31 @@ class PgAdapter:
     @property
     def agents(self) -> PgAgents:
         store: PgAgents = self._store("agents", PgAgents)
+        return store
+
+    @property
+    def knowledge(self) -> PgKnowledge:
+        store: PgKnowledge = self._store("knowledge", PgKnowledge)
+        return store
+
+    @property
+    def service_keys(self) -> PgServiceKeys:
+        store: PgServiceKeys = self._store("service_keys", PgServiceKeys)
+        return store
+
+    @property
+    def observations(self) -> PgObservations:
+        store: PgObservations = self._store("observations", PgObservations)
+        return store
+
+    @property
+    def feedback(self) -> PgFeedback:
+        store: PgFeedback = self._store("feedback", PgFeedback)
+        return store
+
+    @property
+    def live_candidates(self) -> PgLiveCandidates:
+        store: PgLiveCandidates = self._store("live_candidates", PgLiveCandidates)
         return store
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -201,9 +240,9 @@ class PgAdapter:
         ``admin_dsn``: each mapping takes ``create_item``'s keyword arguments plus
         ``agent_id``. In one transaction it drops the HNSW index, inserts with ``INSERT …
         SELECT FROM unnest`` (rows whose id or agent + summary are already stored are
-        skipped), rebuilds the index over the whole table with ``maintenance_work_mem`` and
-        analyzes the table. The table is locked (ACCESS EXCLUSIVE) for all of it: every
-        reader and writer waits. See ``_pg_bulk`` for the details.
+        skipped) and rebuilds the index over the whole table with ``maintenance_work_mem``;
+        after COMMIT it runs ``VACUUM (ANALYZE)`` on the table. The table is locked (ACCESS
+        EXCLUSIVE) until COMMIT: every reader and writer waits. See ``_pg_bulk``.
 
         Returns the number of rows inserted.
 
@@ -220,6 +259,31 @@ class PgAdapter:
             core.admin_dsn, items, embedding_dim=core.embedding_dim,
             maintenance_work_mem=maintenance_work_mem,
         )  # fmt: skip
+
+    async def rotate_master_key(self, new: MasterKey) -> int:
+        """Re-wrap every service key's data key under ``new`` (values untouched); returns how
+        many rows were re-wrapped.
+
+        A maintenance method of the adapter (not of a view), run as the owner role through
+        ``admin_dsn`` since it spans agents, in one transaction: if anything fails (a row the
+        current master key cannot unwrap included), nothing changes. Afterwards this adapter
+        uses ``new``. **Store ``new`` first** (``AGENTBUS_MASTER_KEY`` or the key file): once
+        this commits, the old key reads nothing, and other processes need the new key
+        (``SecretDecryptionError`` names the key id they lack).
+
+        Raises: StorageError (called on a view), ConfigError (no ``admin_dsn``),
+        SecretDecryptionError, StorageUnavailableError.
+        """
+        if self._agent_id is not None:
+            raise StorageError(
+                "rotate_master_key is a maintenance method of the adapter, not of an agent's view"
+            )
+        if not isinstance(new, MasterKey):
+            raise ConfigError(f"new must be a MasterKey, got {type(new).__name__}")
+        core = self._core
+        count = await rotate_master_key(core.admin_dsn, await core.master_key(), new)
+        core.replace_master_key(new)
+        return count
 
 
 _: type[StorageAdapter] = PgAdapter

@@ -10,6 +10,9 @@
   other processes' writes through ``PRAGMA data_version``; see ``_sqlite_vectors``.
 - Visibility is a predicate in every query (``_sqlite_codec.visible_sql``): own rows,
   ``family``/``public`` rows, ``team`` rows of active teams the agent belongs to.
+- Knowledge grants are predicates in every knowledge query (``_sqlite_knowledge_acl``); search
+  ranks permitted chunks only. Service keys are sealed in the application (``_crypto``) with the
+  adapter's master key (``master_key=``, else ``MasterKey.load`` on first use).
 - Migrations: numbered ``sqlite_migrations/NNNN_name.sql`` files, applied once each and recorded
   in ``schema_migrations(version, name, applied_at)``.
 
@@ -21,26 +24,38 @@ memory), not a network share.
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar, cast
 
 import anyio.to_thread
 
 from .._config import Config
 from .._errors import ConfigError
 from .._ids import validate_agent_id
+from ._crypto import MasterKey
 from ._errors import ValidationError
 from ._protocol import StorageAdapter
 from ._sqlite_agents import SQLiteAgentStore
+from ._sqlite_candidates import SQLiteLiveCandidateStore
 from ._sqlite_db import Database
+from ._sqlite_knowledge import SQLiteKnowledgeStore
 from ._sqlite_memory import SQLiteMemoryStore
+from ._sqlite_service_keys import MasterKeySource, SQLiteServiceKeyStore, rewrap_all
+from ._sqlite_sessions import SQLiteFeedbackStore, SQLiteObservationStore
 from ._sqlite_tasks import SQLiteTaskStore
 from ._sqlite_teams import SQLiteTeamStore
 
+T = TypeVar("T")
+
 
 class SQLiteAdapter:
-    """The SQLite storage backend. ``memory``/``tasks``/``teams`` act as an agent: use
-    ``for_agent(agent_id)``; ``agents`` (the registry) works on the adapter itself.
+    """The SQLite storage backend. ``memory``/``tasks``/``teams`` and the Storage II stores
+    (``knowledge``, ``service_keys``, ``observations``, ``feedback``, ``live_candidates``) act as
+    an agent: use ``for_agent(agent_id)``; ``agents`` (the registry) and the maintenance methods
+    (``vacuum``, ``rotate_master_key``) work on the adapter itself.
 
     Example::
 
@@ -53,8 +68,12 @@ class SQLiteAdapter:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, embedding_dim: int, busy_timeout: float = 5.0
-    ) -> None:
+        self, path: str | os.PathLike[str], *, embedding_dim: int, busy_timeout: float = 5.0,
+        master_key: MasterKey | None = None,
+    ) -> None:  # fmt: skip
+        """``master_key`` wraps the service keys; None: ``MasterKey.load()`` on first use
+        (``AGENTBUS_MASTER_KEY``, else ``~/.agentbus/master.key``, or the configured file when
+        built by ``from_config``)."""
         if (
             not isinstance(embedding_dim, int)
             or isinstance(embedding_dim, bool)
@@ -68,21 +87,31 @@ class SQLiteAdapter:
         db = Database(
             Path(path).expanduser(), embedding_dim=embedding_dim, busy_timeout=float(busy_timeout)
         )
-        self._bind(db, None)
+        self._bind(db, MasterKeySource(master_key), None)
 
-    def _bind(self, db: Database, agent_id: str | None) -> None:
+    def _bind(self, db: Database, keys: MasterKeySource, agent_id: str | None) -> None:
         self._db = db
+        self._keys = keys
         self._agent_id = agent_id
         self._agents = SQLiteAgentStore(db)
-        self._memory = None if agent_id is None else SQLiteMemoryStore(db, agent_id)
-        self._tasks = None if agent_id is None else SQLiteTaskStore(db, agent_id)
-        self._teams = None if agent_id is None else SQLiteTeamStore(db, agent_id)
+        self._stores: dict[str, object] = {}
+
+    def _store(self, name: str, make: Callable[[str], T]) -> T:
+        """The view's store ``name``, made on first use (a view needs an agent)."""
+        self._need_agent(name)
+        assert self._agent_id is not None
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = make(self._agent_id)
+        return cast(T, store)
 
     @classmethod
     def from_config(cls, config: Config) -> SQLiteAdapter:
         """The adapter for ``storage.sqlite.path`` and ``storage.embeddingDim``."""
         storage = config.storage
-        return cls(storage.sqlite.path, embedding_dim=storage.embedding_dim)
+        adapter = cls(storage.sqlite.path, embedding_dim=storage.embedding_dim)
+        adapter._keys.use_config(config)  # storage.serviceKeys.masterKeyFile, on first use
+        return adapter
 
     @property
     def path(self) -> Path:
@@ -104,7 +133,7 @@ class SQLiteAdapter:
         """
         validate_agent_id(agent_id)
         view = object.__new__(SQLiteAdapter)  # shares self's Database: no second __init__
-        view._bind(self._db, agent_id)
+        view._bind(self._db, self._keys, agent_id)
         return view
 
     def _need_agent(self, what: str) -> None:
@@ -115,21 +144,39 @@ class SQLiteAdapter:
 
     @property
     def memory(self) -> SQLiteMemoryStore:
-        self._need_agent("memory")
-        assert self._memory is not None
-        return self._memory
+        return self._store("memory", lambda agent: SQLiteMemoryStore(self._db, agent))
 
     @property
     def tasks(self) -> SQLiteTaskStore:
-        self._need_agent("tasks")
-        assert self._tasks is not None
-        return self._tasks
+        return self._store("tasks", lambda agent: SQLiteTaskStore(self._db, agent))
 
     @property
     def teams(self) -> SQLiteTeamStore:
-        self._need_agent("teams")
-        assert self._teams is not None
-        return self._teams
+        return self._store("teams", lambda agent: SQLiteTeamStore(self._db, agent))
+
+    @property
+    def knowledge(self) -> SQLiteKnowledgeStore:
+        return self._store("knowledge", lambda agent: SQLiteKnowledgeStore(self._db, agent))
+
+    @property
+    def service_keys(self) -> SQLiteServiceKeyStore:
+        return self._store(
+            "service_keys", lambda agent: SQLiteServiceKeyStore(self._db, agent, self._keys)
+        )
+
+    @property
+    def observations(self) -> SQLiteObservationStore:
+        return self._store("observations", lambda agent: SQLiteObservationStore(self._db, agent))
+
+    @property
+    def feedback(self) -> SQLiteFeedbackStore:
+        return self._store("feedback", lambda agent: SQLiteFeedbackStore(self._db, agent))
+
+    @property
+    def live_candidates(self) -> SQLiteLiveCandidateStore:
+        return self._store(
+            "live_candidates", lambda agent: SQLiteLiveCandidateStore(self._db, agent)
+        )
 
     @property
     def agents(self) -> SQLiteAgentStore:
@@ -154,9 +201,38 @@ class SQLiteAdapter:
             await anyio.to_thread.run_sync(self._db.close_sync)
 
     async def vacuum(self) -> None:
-        """Maintenance: prune the vector change log, optimise the FTS5 indexes and VACUUM.
-        Row keys (and so the FTS5 indexes) survive; other processes' vector caches reload."""
+        """Maintenance: prune the vector change logs (items, chunks), optimise the FTS5 indexes
+        and VACUUM. Row keys (and so the FTS5 indexes) survive; other processes' vector caches
+        reload."""
         await anyio.to_thread.run_sync(self._db.vacuum_sync)
+
+    async def rotate_master_key(self, new: MasterKey) -> int:
+        """Maintenance: re-wrap every agent's service keys with ``new`` in one transaction
+        (the encrypted values are untouched) and use ``new`` from then on. Returns how many
+        rows were re-wrapped (rows already wrapped by ``new`` are skipped, so a repeated call
+        returns 0).
+
+        Store ``new`` where the next start loads it (``AGENTBUS_MASTER_KEY`` or the key file)
+        *before* calling this; other processes still holding the old key get
+        ``SecretDecryptionError`` naming both key ids until they load the new one.
+
+        Raises: ValidationError (called on a view), ConfigError (``new`` is not a MasterKey),
+        SecretDecryptionError (a row the current key did not wrap: nothing is changed).
+        """
+        if self._agent_id is not None:
+            raise ValidationError(
+                "rotate_master_key is maintenance of the whole store: call it on the adapter, "
+                "not on a view"
+            )
+        if not isinstance(new, MasterKey):
+            raise ConfigError(f"new must be a MasterKey, got {type(new).__name__}")
+
+        def write(conn: sqlite3.Connection) -> int:
+            count = rewrap_all(conn, self._keys.get(), new)
+            self._keys.replace(new)  # under the write lock: the next write seals with ``new``
+            return count
+
+        return await self._db.write(write)
 
     async def __aenter__(self) -> SQLiteAdapter:
         await self.open()

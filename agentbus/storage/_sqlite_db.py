@@ -9,7 +9,7 @@ stdlib ``sqlite3`` blocks, so every statement runs in a worker thread
   against other processes: they wait up to ``busy_timeout`` for SQLite's write lock);
 - a small pool of **reader** connections, each read a deferred transaction (one consistent
   snapshot); in WAL mode readers never wait for the writer;
-- the vector cache's own connection (see ``_sqlite_vectors``).
+- the vector caches' own connections (see ``_sqlite_vectors``, ``_sqlite_chunk_vectors``).
 
 Cancellation: a statement already handed to a worker thread runs to its end; the awaiting task
 sees the cancellation afterwards. A cancelled write may therefore still have been committed.
@@ -35,12 +35,17 @@ from ._errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from ._sqlite_chunk_vectors import PRUNED_KEY as CHUNKS_PRUNED_KEY
+from ._sqlite_chunk_vectors import ChunkVectorCache
 from ._sqlite_codec import one, ts
 from ._sqlite_vectors import VectorCache
 
 T = TypeVar("T")
 
 MIGRATIONS_DIR = "sqlite_migrations"
+_FTS_TABLES = (
+    "memory_items_fts", "lessons_fts", "tasks_fts", "knowledge_chunks_fts", "observations_fts",
+)  # fmt: skip
 _UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly", "disk is full")
 
 
@@ -90,6 +95,7 @@ class Database:
         self.busy_timeout = busy_timeout
         self.commits = 0  # own write transactions committed; the vector cache watches it
         self.vectors = VectorCache(self.connect, embedding_dim, lambda: self.commits)
+        self.chunk_vectors = ChunkVectorCache(self.connect, embedding_dim, lambda: self.commits)
         self._state = "new"
         self._writer: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
@@ -154,7 +160,11 @@ class Database:
         try:
             stored = one(conn, "SELECT value FROM meta WHERE key = 'embedding_dim'")
             if stored is not None and int(stored) != self.embedding_dim:
-                embedded = one(conn, "SELECT 1 FROM memory_items WHERE embedding IS NOT NULL")
+                embedded = one(
+                    conn,
+                    "SELECT 1 FROM memory_items WHERE embedding IS NOT NULL UNION ALL"
+                    " SELECT 1 FROM knowledge_chunks WHERE embedding IS NOT NULL LIMIT 1",
+                )
                 if embedded:
                     raise MigrationError(
                         f"{self.path} holds {stored}-dimensional embeddings but "
@@ -182,6 +192,7 @@ class Database:
         for conn in readers:
             conn.close()
         self.vectors.close()
+        self.chunk_vectors.close()
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -239,7 +250,7 @@ class Database:
         conn.close()
 
     def vacuum_sync(self) -> None:
-        """Prune the vector change log, merge FTS5 segments, then VACUUM (outside any
+        """Prune the vector change logs, merge FTS5 segments, then VACUUM (outside any
         transaction). Caches in other processes reload fully at their next search."""
         with self._write_lock, map_sqlite_errors():
             self._check_open()
@@ -247,14 +258,18 @@ class Database:
             assert conn is not None
             conn.execute("BEGIN IMMEDIATE")
             try:
-                newest = one(conn, "SELECT coalesce(max(seq), 0) FROM vector_changes")
-                conn.execute("DELETE FROM vector_changes WHERE seq <= ?", (newest,))
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('vector_changes_pruned_through', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(newest),),
-                )
-                for table in ("memory_items_fts", "lessons_fts", "tasks_fts"):
+                for log, marker in (
+                    ("vector_changes", "vector_changes_pruned_through"),
+                    ("knowledge_vector_changes", CHUNKS_PRUNED_KEY),
+                ):
+                    newest = one(conn, f"SELECT coalesce(max(seq), 0) FROM {log}")
+                    conn.execute(f"DELETE FROM {log} WHERE seq <= ?", (newest,))
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (marker, str(newest)),
+                    )
+                for table in _FTS_TABLES:
                     conn.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')")
                 conn.execute("COMMIT")
             except BaseException:

@@ -275,18 +275,17 @@ class ItemOps(Scoped):
     async def reinforce_item(self, item_id: str) -> MemoryItem:
         """Raises: NotFoundError unless the item is this agent's own."""
 
-        def write(conn: sqlite3.Connection) -> MemoryItem:
-            now = ts(now_utc())
-            cursor = conn.execute(
-                "UPDATE memory_items SET reinforcement_count = reinforcement_count + 1,"
-                " last_reinforced_at = ?, updated_at = ? WHERE id = ? AND agent_id = ?",
-                (now, now, item_id, self._agent),
-            )
-            if cursor.rowcount == 0:
-                raise NotFoundError(f"memory item {item_id} not found")
-            return self._fetch_item(conn, item_id)
+        return await self._db.write(lambda conn: self._reinforce(conn, item_id, ts(now_utc())))
 
-        return await self._db.write(write)
+    def _reinforce(self, conn: sqlite3.Connection, item_id: str, now: str) -> MemoryItem:
+        cursor = conn.execute(
+            "UPDATE memory_items SET reinforcement_count = reinforcement_count + 1,"
+            " last_reinforced_at = ?, updated_at = ? WHERE id = ? AND agent_id = ?",
+            (now, now, item_id, self._agent),
+        )
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"memory item {item_id} not found")
+        return self._fetch_item(conn, item_id)
 
     async def embed_item(self, item_id: str, embedding: Vector) -> None:
         """Store (or replace) the embedding of one of this agent's items.

@@ -12,15 +12,18 @@ or cannot open makes its tests fail, never skip.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 import re
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from agentbus.storage._crypto import MASTER_KEY_ENV, MasterKey
 from agentbus.testing import PostgresServer
 
 from ._support import EMBEDDING_DIM
@@ -179,3 +182,106 @@ def view(storage: Any, new_agent: Callable[..., str]) -> Callable[..., Any]:
         return storage.for_agent(new_agent(label))
 
     return make
+
+
+# --- Storage II: the master key that wraps service keys, and stores of a test's own -----------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def master_key() -> Iterator[MasterKey]:
+    """The suite's master key, also exported as ``AGENTBUS_MASTER_KEY`` for the whole session,
+    so an adapter built without ``master_key=`` (the module fixtures) loads this key and never
+    creates ``~/.agentbus/master.key``."""
+    key = MasterKey.generate()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MASTER_KEY_ENV, key.to_base64())
+        yield key
+
+
+def accepts_master_key(cls: Any) -> bool:
+    return "master_key" in inspect.signature(cls).parameters
+
+
+@dataclass
+class PrivateStore:
+    """A store of one test's own: ``await store.open(key)`` opens another adapter on it whose
+    service keys are wrapped with ``key``. ``sqlite_path`` / ``pg_database`` locate it (for raw
+    access); ``owner_dsn`` is the PostgreSQL owner role's dsn."""
+
+    backend: str
+    sqlite_path: str | None = None
+    pg_database: str | None = None
+    owner_dsn: str | None = None
+    build: Callable[..., Any] | None = None
+    monkeypatch: pytest.MonkeyPatch | None = None
+    opened: list[Any] = field(default_factory=list)
+
+    async def open(self, key: MasterKey) -> Any:
+        assert self.build is not None
+        assert self.monkeypatch is not None
+        cls = adapter_class("SQLiteAdapter" if self.backend == "sqlite" else "PgAdapter")
+        if accepts_master_key(cls):
+            adapter = self.build(master_key=key)
+        else:  # the constructor does not take the key (yet): MasterKey.load() reads the env
+            self.monkeypatch.setenv(MASTER_KEY_ENV, key.to_base64())
+            adapter = self.build()
+        self.opened.append(adapter)
+        await adapter.open()
+        return adapter
+
+
+@pytest.fixture
+async def private_store(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[PrivateStore]:
+    """A new, empty store of the parametrized backend for this test alone (a SQLite file under
+    tmp_path, or a new PostgreSQL database), for tests that change store-wide state (master-key
+    rotation) or inspect the raw tables; every adapter opened on it is closed afterwards."""
+    if backend == "sqlite":
+        path = str(tmp_path / "private.db")
+        cls = adapter_class("SQLiteAdapter")
+        store = PrivateStore(
+            backend,
+            sqlite_path=path,
+            build=lambda **options: cls(path, embedding_dim=EMBEDDING_DIM, **options),
+            monkeypatch=monkeypatch,
+        )
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = f"ab_private_{secrets.token_hex(5)}"
+        _psql(
+            server, "postgres",
+            f"CREATE DATABASE {name} OWNER agentbus_owner",
+            f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
+            f"GRANT CONNECT ON DATABASE {name} TO agentbus_app",
+        )  # fmt: skip
+        _psql(
+            server, name,
+            "CREATE EXTENSION vector",
+            "ALTER SCHEMA public OWNER TO agentbus_owner",
+            "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+            "GRANT USAGE ON SCHEMA public TO agentbus_app",
+        )  # fmt: skip
+        cls = adapter_class("PgAdapter")
+        store = PrivateStore(
+            backend,
+            pg_database=name,
+            owner_dsn=server.dsn_for("agentbus_owner", name),
+            build=lambda **options: cls(
+                server.dsn_for("agentbus_app", name),
+                admin_dsn=server.dsn_for("agentbus_owner", name),
+                embedding_dim=EMBEDDING_DIM,
+                **options,
+            ),
+            monkeypatch=monkeypatch,
+        )
+    try:
+        yield store
+    finally:
+        for adapter in reversed(store.opened):
+            await adapter.aclose()
+        if store.pg_database is not None:
+            _psql(server, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

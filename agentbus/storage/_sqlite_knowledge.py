@@ -1,0 +1,214 @@
+"""SQLite knowledge store: collections and their grants (documents and search live beside it).
+
+Rules (see ``_sqlite_knowledge_acl`` for how they are checked):
+
+- The creator of a collection owns it for good (``owner``; it holds no grant row, and its
+  permission cannot be granted or revoked).
+- Only an owner (the creator, or an agent granted ``owner``) grants, changes a grant, revokes,
+  lists the grants, or deletes the collection. ``write`` implies ``read``. A grant names one
+  agent: no wildcards, nor ids that read like patterns (``_``, ``.``).
+- Nobody can claim a collection whose owner is gone: every grant comes from an owner, and an
+  agent without ``owner`` cannot raise its own permission.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any, get_args
+
+from .._errors import InvalidAgentIdError
+from .._ids import validate_agent_id
+from ._canonical import canonical_json, check_choice, check_optional_text, check_text, now_utc
+from ._errors import NotFoundError, ValidationError
+from ._models import (
+    MAX_SUMMARY_CHARS,
+    MAX_TITLE_CHARS,
+    PERMISSIONS,
+    CollectionVisibility,
+    KnowledgeCollection,
+    KnowledgeGrant,
+    Permission,
+)
+from ._sqlite_codec import new_or_given_id, ts
+from ._sqlite_knowledge_acl import (
+    COLLECTION_COLUMNS,
+    COLLECTION_FROM,
+    GRANT_COLUMNS,
+    HELD,
+    LIBRARY,
+    AccessOps,
+    collection_from_row,
+    grant_from_row,
+)
+from ._sqlite_knowledge_docs import DocumentOps
+from ._sqlite_knowledge_search import KnowledgeSearchOps
+
+COLLECTION_VISIBILITIES: tuple[CollectionVisibility, ...] = get_args(CollectionVisibility)
+
+
+def check_grantee(agent_id: object) -> str:
+    """One agent by the agent-id rule, and not one that reads like a pattern: ``_`` and ``.``
+    are legal in agent ids but wildcards of LIKE / regular expressions on their own.
+
+    Raises: ValidationError.
+    """
+    if isinstance(agent_id, str) and (
+        any(c in agent_id for c in "*%?") or not any(c.isalnum() for c in agent_id)
+    ):
+        raise ValidationError(
+            f"{agent_id!r} is not an agent: grants name one agent each (no wildcards); to share "
+            'with every agent, create the collection with visibility "family" or "public"'
+        )
+    try:
+        return validate_agent_id(agent_id)
+    except InvalidAgentIdError as exc:
+        raise ValidationError(f"agent_id: {exc}") from exc
+
+
+class CollectionOps(AccessOps):
+    async def create_collection(
+        self, name: str, *, description: str | None = None,
+        visibility: CollectionVisibility = "private", metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> KnowledgeCollection:  # fmt: skip
+        """Create a collection owned by this agent.
+
+        Raises: ValidationError (name, visibility, metadata, id taken).
+        """
+        collection = (
+            new_or_given_id(id),
+            self._agent,
+            check_text("name", name, max_chars=MAX_TITLE_CHARS),
+            check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),
+            check_choice("visibility", visibility, COLLECTION_VISIBILITIES),
+            canonical_json(metadata),
+            ts(now_utc()),
+        )
+
+        def write(conn: sqlite3.Connection) -> KnowledgeCollection:
+            conn.execute(
+                "INSERT INTO knowledge_collections (id, owner, name, description, visibility,"
+                " metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                collection,
+            )
+            return self._collection(conn, collection[0])
+
+        return await self._db.write(write)
+
+    async def get_collection(self, collection_id: str) -> KnowledgeCollection | None:
+        """The collection, or None when this agent cannot read it."""
+
+        def read(conn: sqlite3.Connection) -> KnowledgeCollection | None:
+            try:
+                return self._collection(conn, collection_id)
+            except NotFoundError:
+                return None
+
+        return await self._db.read(read)
+
+    async def list_collections(
+        self, *, permission: Permission = "read", include_library: bool = True
+    ) -> list[KnowledgeCollection]:
+        """Collections this agent may ``read`` (or ``write``/``owner``), by name then id.
+
+        ``include_library`` adds the ``family``/``public`` collections it holds no grant on
+        (they are readable, so only when ``permission`` is ``read``).
+        """
+        check_choice("permission", permission, PERMISSIONS)
+        allowed = PERMISSIONS[PERMISSIONS.index(permission) :]
+        where = f"{HELD} IN ({', '.join(repr(p) for p in allowed)})"
+        if permission == "read" and include_library:
+            where = f"({where} OR k.visibility IN {LIBRARY})"
+
+        def read(conn: sqlite3.Connection) -> list[KnowledgeCollection]:
+            rows = conn.execute(
+                f"SELECT {COLLECTION_COLUMNS} FROM {COLLECTION_FROM} WHERE {where}"
+                " ORDER BY k.name, k.id",
+                {"me": self._agent},
+            )
+            return [collection_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def delete_collection(self, collection_id: str) -> None:
+        """Delete the collection with its documents, chunks and grants (owner only).
+
+        Raises: NotFoundError (not readable), PermissionDeniedError (not an owner).
+        """
+
+        def write(conn: sqlite3.Connection) -> None:
+            self._require(conn, collection_id, "owner")
+            conn.execute("DELETE FROM knowledge_collections WHERE id = ?", (collection_id,))
+
+        await self._db.write(write)
+
+    # -- grants -------------------------------------------------------------------------------
+
+    async def grant(
+        self, collection_id: str, agent_id: str, permission: Permission
+    ) -> KnowledgeGrant:
+        """Give ``agent_id`` exactly ``permission`` (replacing its grant); owners only.
+
+        Raises: NotFoundError, PermissionDeniedError (not an owner), ValidationError (a
+        wildcard or invalid agent id, an unknown permission, the collection's creator).
+        """
+        grantee = check_grantee(agent_id)
+        permission = check_choice("permission", permission, PERMISSIONS)
+
+        def write(conn: sqlite3.Connection) -> KnowledgeGrant:
+            _, creator = self._require(conn, collection_id, "owner")
+            if grantee == creator:
+                raise ValidationError(
+                    f"agent {grantee!r} created knowledge collection {collection_id} and owns it "
+                    "for good; its permission cannot be changed"
+                )
+            row = conn.execute(
+                f"INSERT INTO knowledge_collection_grants ({GRANT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, agent_id) DO UPDATE SET"
+                " permission = excluded.permission, granted_by = excluded.granted_by,"
+                f" granted_at = excluded.granted_at RETURNING {GRANT_COLUMNS}",
+                (collection_id, grantee, permission, self._agent, ts(now_utc())),
+            ).fetchone()
+            return grant_from_row(row)
+
+        return await self._db.write(write)
+
+    async def revoke(self, collection_id: str, agent_id: str) -> bool:
+        """Remove ``agent_id``'s grant (owners only); False when it had none (the creator
+        never has one).
+
+        Raises: NotFoundError, PermissionDeniedError, ValidationError (an invalid agent id).
+        """
+        grantee = check_grantee(agent_id)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            self._require(conn, collection_id, "owner")
+            cursor = conn.execute(
+                "DELETE FROM knowledge_collection_grants WHERE collection_id = ? AND agent_id = ?",
+                (collection_id, grantee),
+            )
+            return cursor.rowcount > 0
+
+        return await self._db.write(write)
+
+    async def list_grants(self, collection_id: str) -> list[KnowledgeGrant]:
+        """The collection's grants by agent id (owners only; the creator has none).
+
+        Raises: NotFoundError, PermissionDeniedError.
+        """
+
+        def read(conn: sqlite3.Connection) -> list[KnowledgeGrant]:
+            self._require(conn, collection_id, "owner")
+            rows = conn.execute(
+                f"SELECT {GRANT_COLUMNS} FROM knowledge_collection_grants"
+                " WHERE collection_id = ? ORDER BY agent_id",
+                (collection_id,),
+            )
+            return [grant_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+
+class SQLiteKnowledgeStore(CollectionOps, DocumentOps, KnowledgeSearchOps):
+    """One agent's view of the shared knowledge in SQLite (see the module docstrings)."""

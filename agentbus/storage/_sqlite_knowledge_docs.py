@@ -1,0 +1,163 @@
+"""SQLite knowledge documents: ingest (chunked by ``chunk_text``), read, list, delete.
+
+Reading a document needs read access to its collection; ingesting and deleting need ``write``
+(writers manage the documents; only owners manage the collection and its grants). Each chunk is
+a row of ``knowledge_chunks`` (its text indexed by FTS5, its optional embedding a float32 BLOB
+for the chunk vector cache).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from numbers import Number
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._canonical import canonical_json, check_text, check_vector, chunk_text, now_utc, parse_json
+from ._errors import ValidationError
+from ._models import (
+    CHUNK_CHARS,
+    CHUNK_OVERLAP,
+    MAX_TEXT_CHARS,
+    MAX_TITLE_CHARS,
+    KnowledgeDocument,
+)
+from ._protocol import Vector
+from ._rules import check_limit
+from ._sqlite_codec import new_or_given_id, parse_ts, ts, vector_blob
+from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
+from ._sqlite_memory import check_offset
+
+DOCUMENT_COLUMNS = "id, collection_id, agent_id, title, content, metadata, chunk_count, created_at"
+
+
+def document_from_row(row: Sequence[Any]) -> KnowledgeDocument:
+    return KnowledgeDocument(
+        id=row[0],
+        collection_id=row[1],
+        agent_id=row[2],
+        title=row[3],
+        content=row[4],
+        metadata=parse_json(row[5]),
+        chunk_count=row[6],
+        created_at=parse_ts(row[7]),
+    )
+
+
+def check_embeddings(
+    embeddings: Sequence[Vector] | None, chunks: int, dim: int
+) -> list[npt.NDArray[np.float32]] | None:
+    """One vector per chunk, in order.
+
+    Raises: ValidationError (not a list of vectors, wrong count), DimensionMismatchError.
+    """
+    if embeddings is None:
+        return None
+    if isinstance(embeddings, (str, bytes)) or not hasattr(embeddings, "__len__"):
+        raise ValidationError("embeddings must be a list of vectors, one per chunk")
+    if len(embeddings) and isinstance(embeddings[0], Number):
+        raise ValidationError(
+            f"embeddings must be a list of vectors, one per chunk (this document has {chunks} "
+            "chunk(s)); got a single vector: wrap it in a list"
+        )
+    if len(embeddings) != chunks:
+        raise ValidationError(
+            f"embeddings has {len(embeddings)} vector(s) but the document has {chunks} "
+            "chunk(s): embed each text of chunk_text(content), in order"
+        )
+    return [check_vector(vector, dim) for vector in embeddings]
+
+
+class DocumentOps(AccessOps):
+    async def ingest_document(
+        self, collection_id: str, title: str, content: str, *,
+        metadata: Mapping[str, Any] | None = None, embeddings: Sequence[Vector] | None = None,
+        id: str | None = None,
+    ) -> KnowledgeDocument:  # fmt: skip
+        """Add a document to a collection (write permission needed). The content is split by
+        ``chunk_text``; ``embeddings`` (one per chunk, in order) make the chunks
+        vector-searchable.
+
+        Raises: NotFoundError (collection not readable), PermissionDeniedError (no write
+        permission), ValidationError (bad field, embedding count), DimensionMismatchError.
+        """
+        document_id = new_or_given_id(id)
+        check_text("title", title, max_chars=MAX_TITLE_CHARS)
+        check_text("content", content, max_chars=MAX_TEXT_CHARS)
+        meta = canonical_json(metadata)
+        chunks = chunk_text(content, size=CHUNK_CHARS, overlap=CHUNK_OVERLAP)
+        vectors = check_embeddings(embeddings, len(chunks), self._db.embedding_dim)
+        blobs = [None] * len(chunks) if vectors is None else [vector_blob(v) for v in vectors]
+
+        def write(conn: sqlite3.Connection) -> KnowledgeDocument:
+            self._require(conn, collection_id, "write")
+            row = (
+                document_id, collection_id, self._agent, title, content, meta, len(chunks),
+                ts(now_utc()),
+            )  # fmt: skip
+            conn.execute(
+                f"INSERT INTO knowledge_documents ({DOCUMENT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            conn.executemany(
+                "INSERT INTO knowledge_chunks (document_id, collection_id, chunk_index, text,"
+                " embedding) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (document_id, collection_id, index, text, blob)
+                    for index, (text, blob) in enumerate(zip(chunks, blobs, strict=True))
+                ],
+            )
+            return document_from_row(row)
+
+        return await self._db.write(write)
+
+    async def get_document(self, document_id: str) -> KnowledgeDocument | None:
+        """The document, or None when its collection is not readable by this agent."""
+
+        def read(conn: sqlite3.Connection) -> KnowledgeDocument | None:
+            row = conn.execute(
+                f"SELECT {DOCUMENT_COLUMNS} FROM knowledge_documents"
+                f" WHERE id = :id AND collection_id IN ({PERMITTED_SQL})",
+                {"me": self._agent, "id": document_id},
+            ).fetchone()
+            return None if row is None else document_from_row(row)
+
+        return await self._db.read(read)
+
+    async def list_documents(
+        self, collection_id: str, *, limit: int = 50, offset: int = 0
+    ) -> list[KnowledgeDocument]:
+        """A readable collection's documents, newest first.
+
+        Raises: NotFoundError (collection not readable).
+        """
+        check_limit(limit)
+        check_offset(offset)
+
+        def read(conn: sqlite3.Connection) -> list[KnowledgeDocument]:
+            self._require(conn, collection_id, "read")
+            rows = conn.execute(
+                f"SELECT {DOCUMENT_COLUMNS} FROM knowledge_documents WHERE collection_id = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (collection_id, limit, offset),
+            )
+            return [document_from_row(row) for row in rows]
+
+        return await self._db.read(read)
+
+    async def delete_document(self, document_id: str) -> None:
+        """Delete a document and its chunks (write permission on its collection needed).
+
+        Raises: NotFoundError (no such readable document), PermissionDeniedError.
+        """
+
+        def write(conn: sqlite3.Connection) -> None:
+            collection_id = self._document_collection(conn, document_id)
+            self._require(conn, collection_id, "write")
+            conn.execute("DELETE FROM knowledge_documents WHERE id = ?", (document_id,))
+
+        await self._db.write(write)
