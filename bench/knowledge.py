@@ -30,11 +30,17 @@ Contenders, taking turns query by query (order rotating, queries shuffled per ru
   MATERIALIZED CTE (``hnsw.iterative_scan = relaxed_order``, ``hnsw.ef_search = 100``, the
   adapter's defaults; the planner picks exact or HNSW), for hybrid also ``ts_rank`` over
   ``content_tsv @@ plainto_tsquery('english', words)`` cut at k, joined to chunks and documents;
-  RRF in Python (``fuse_rrf``). SQLite: in a worker thread like the adapter, numpy over a
-  float32 matrix of the permitted chunks' normalised vectors prepared beforehand (``m @ q``,
-  argpartition, sort), for hybrid also the FTS5 query with ``collection_id IN (ids)`` (40
-  candidates a branch, like the adapter), ``fuse_rrf``, then one SQL read of the hits' chunk
-  text and document title by chunk key.
+  RRF in Python (``fuse_rrf``). SQLite: in a worker thread like the adapter, one read
+  transaction on a connection of its own: numpy over a float32 matrix of the permitted chunks'
+  normalised vectors prepared beforehand (``m @ q``, argpartition, sort; so no cache freshness
+  check), for hybrid also the FTS5 query with ``collection_id IN (ids)`` (40 candidates a
+  branch, like the adapter), ``fuse_rrf``, then one SQL read of the hits' chunk text and
+  document title by chunk key. Both baselines get the embedding as a list, like the adapter.
+- informational, PostgreSQL: ``owner+tx``, the owner baseline inside the adapter's per-call
+  transaction (acquire, BEGIN, ``set_config('app.agent_id')``, the statement, COMMIT): the
+  cost of those round trips; ``app exact``, a second ``PgAdapter`` (app role) with
+  ``vector_exact_max=10**9``, so that vector search always takes the exact path: the app's cost
+  when it picks the same path as the owner's planner.
 Checks on every call: rows returned (k expected), hits outside the permitted collections (0
 expected), vector recall@10 against numpy exact search over the reader's permitted chunks (a hit
 counts when its exact similarity reaches the 10th best). Targets: always k rows, recall@10 >=
@@ -263,14 +269,24 @@ LEFT JOIN nearest ON nearest.id = hit.id
 
 
 async def pg_owner_search(
-    pool: asyncpg.Pool, ids: list[str], q: np.ndarray, words: str | None
-) -> list[tuple[str, float]]:
-    """(document id, score) best first: the owner role, no grant lookup, no RLS."""
+    pool: asyncpg.Pool, ids: list[str], embedding: list[float], words: str | None,
+    agent: str | None = None,
+) -> list[tuple[str, float]]:  # fmt: skip
+    """(document id, score) best first: the owner role, no grant lookup, no RLS. With ``agent``
+    (the ``owner+tx`` decomposition only): inside a transaction that first runs the adapter's
+    ``set_config('app.agent_id', ...)``, i.e. the adapter's round trips without its ACL."""
+    q = np.asarray(embedding, dtype=np.float32)
     async with pool.acquire() as conn:
-        if words is None:
-            rows = await conn.fetch(PG_VECTOR, q, ids, K)
-            return [(r["document_id"], 1.0 - float(r["distance"])) for r in rows]
-        rows = await conn.fetch(PG_HYBRID, q, ids, K, words)
+        if agent is None:
+            rows = await conn.fetch(PG_VECTOR if words is None else PG_HYBRID, *args(q, ids, words))
+        else:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.agent_id', $1, true)", agent)
+                rows = await conn.fetch(
+                    PG_VECTOR if words is None else PG_HYBRID, *args(q, ids, words)
+                )
+    if words is None:
+        return [(r["document_id"], 1.0 - float(r["distance"])) for r in rows]
     keyword = sorted(
         (r for r in rows if r["score"] is not None), key=lambda r: (-r["score"], r["id"])
     )
@@ -280,6 +296,10 @@ async def pg_owner_search(
     doc = {r["id"]: r["document_id"] for r in rows}
     fused = fuse_rrf([r["id"] for r in keyword], [r["id"] for r in nearest], limit=K)
     return [(doc[chunk], score) for chunk, score, _, _ in fused]
+
+
+def args(q: np.ndarray, ids: list[str], words: str | None) -> tuple[Any, ...]:
+    return (q, ids, K) if words is None else (q, ids, K, words)
 
 
 @dataclass
@@ -294,7 +314,7 @@ class LiteBaseline:
 
 
 def lite_prepare(path: str, ids: list[str]) -> LiteBaseline:
-    conn = sqlite3.connect(path, check_same_thread=False)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     marks = ", ".join("?" * len(ids))
     rows = conn.execute(
         "SELECT chunk_key, document_id, chunk_index, embedding FROM knowledge_chunks"
@@ -315,10 +335,22 @@ def lite_top(m: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 def lite_owner_search(
-    base: LiteBaseline, q: np.ndarray, words: str | None
+    base: LiteBaseline, embedding: list[float], words: str | None
 ) -> list[tuple[str, float]]:
-    """(document id, score) best first: numpy over the prepared permitted vectors (+ FTS5 with
-    ``collection_id IN (ids)``), fuse_rrf, one read of the hits; no grant lookup."""
+    """(document id, score) best first: in one read transaction, numpy over the prepared
+    permitted vectors (+ FTS5 with ``collection_id IN (ids)``), fuse_rrf, one read of the hits;
+    no grant lookup (and, the matrix being prepared, no cache freshness check)."""
+    base.conn.execute("BEGIN")
+    try:
+        return _lite_owner_search(base, embedding, words)
+    finally:
+        base.conn.execute("COMMIT")
+
+
+def _lite_owner_search(
+    base: LiteBaseline, embedding: list[float], words: str | None
+) -> list[tuple[str, float]]:
+    q = np.asarray(embedding, dtype=np.float32)
     qn = q / np.linalg.norm(q)
     size = K if words is None else branch_size(K)
     top = lite_top(base.matrix, qn, size)
@@ -372,8 +404,8 @@ class Checks:
 
 
 def contenders(
-    loaded: Loaded, pg: PgAdapter, pool: asyncpg.Pool, lite: SQLiteAdapter,
-    bases: dict[str, LiteBaseline],
+    loaded: Loaded, pg: PgAdapter, pg_exact: PgAdapter, pool: asyncpg.Pool,
+    lite: SQLiteAdapter, bases: dict[str, LiteBaseline],
 ) -> dict[str, Call]:  # fmt: skip
     """``backend role`` -> call(query, mode) returning (document id, score), best first."""
     vectors = loaded.corpus.vectors
@@ -390,17 +422,22 @@ def contenders(
 
         return call
 
-    async def pg_owner(q: Query, mode: str) -> list[tuple[str, float]]:
-        words = q.words if mode == "hybrid" else None
-        return await pg_owner_search(pool, loaded.permitted_ids[q.reader], vectors[q.row], words)
+    def pg_owner(in_tx: bool) -> Call:
+        async def call(q: Query, mode: str) -> list[tuple[str, float]]:
+            words = q.words if mode == "hybrid" else None
+            ids, embedding = loaded.permitted_ids[q.reader], vectors[q.row].tolist()
+            return await pg_owner_search(pool, ids, embedding, words, q.reader if in_tx else None)
+
+        return call
 
     async def lite_owner(q: Query, mode: str) -> list[tuple[str, float]]:
         words = q.words if mode == "hybrid" else None
         return await anyio.to_thread.run_sync(
-            lite_owner_search, bases[q.reader], vectors[q.row], words
+            lite_owner_search, bases[q.reader], vectors[q.row].tolist(), words
         )
 
-    return {"pg app": app(pg), "pg owner": pg_owner, "sqlite app": app(lite),
+    return {"pg app": app(pg), "pg owner": pg_owner(False), "pg owner+tx": pg_owner(True),
+            "pg app exact": app(pg_exact), "sqlite app": app(lite),
             "sqlite owner": lite_owner}  # fmt: skip
 
 
@@ -518,6 +555,21 @@ def report(
                 label = f"{backend} {reader} {mode} app/owner"
                 lines.append(target_line(label, median_or_nan(per_run), "<=", RATIO_TARGET) +
                              f"   {note}")  # fmt: skip
+                if backend == "pg":
+                    tx = (reader, mode, "pg owner+tx")
+                    split = [
+                        statistics.median(a) / statistics.median(o)
+                        for a, o in zip(times[app], times[tx], strict=True)
+                    ]
+                    lines.append(f"{'  app/owner+tx':<28} {median_or_nan(split):5.2f}"
+                                 "  (without the per-call transaction; informational)")  # fmt: skip
+                    exact = (reader, mode, "pg app exact")
+                    split = [
+                        statistics.median(a) / statistics.median(o)
+                        for a, o in zip(times[exact], times[owner], strict=True)
+                    ]
+                    lines.append(f"{'  app exact/owner':<28} {median_or_nan(split):5.2f}"
+                                 "  (app forced to the exact path; informational)")  # fmt: skip
                 if mode == "vector":
                     recall = statistics.mean(c.recalls)
                     lines.append(target_line(f"{backend} {reader} recall@10", recall, ">=",
@@ -580,7 +632,12 @@ async def bench(corpus: Corpus, plan: Plan, runs: int, quick: bool) -> list[str]
             )  # fmt: skip
             path = str(Path(tmp) / "agentbus.db")
             lite = SQLiteAdapter(path, embedding_dim=DIM, master_key=master)
+            pg_exact = PgAdapter(
+                server.dsn_for("agentbus_app", "bench_knowledge"), embedding_dim=DIM,
+                max_connections=4, vector_exact_max=10**9,
+            )  # fmt: skip
             await pg.open()
+            await pg_exact.open()
             await lite.open()
             owner_dsn = server.dsn_for("agentbus_owner", "bench_knowledge")
             pool = await asyncpg.create_pool(
@@ -609,7 +666,7 @@ async def bench(corpus: Corpus, plan: Plan, runs: int, quick: bool) -> list[str]
                     print(line)
                 print(f"runs       {runs}, contenders taking turns query by query\n", flush=True)
                 bases = {r: lite_prepare(path, loaded.permitted_ids[r]) for r in READERS}
-                calls = contenders(loaded, pg, pool, lite, bases)
+                calls = contenders(loaded, pg, pg_exact, pool, lite, bases)
                 times, checks = await measure(loaded, calls, runs)
                 lines = report(times, checks, loaded)
                 n = KEYS[quick]
@@ -624,6 +681,7 @@ async def bench(corpus: Corpus, plan: Plan, runs: int, quick: bool) -> list[str]
                     base.conn.close()
             finally:
                 await pool.close()
+                await pg_exact.aclose()
                 await pg.aclose()
                 await lite.aclose()
     finally:
