@@ -46,6 +46,26 @@ class LazyStorage:
         return _LazyStore(self, "agents")
 
     @property
+    def knowledge(self) -> Any:
+        return _LazyStore(self, "knowledge")
+
+    @property
+    def service_keys(self) -> Any:
+        return _LazyStore(self, "service_keys")
+
+    @property
+    def observations(self) -> Any:
+        return _LazyStore(self, "observations")
+
+    @property
+    def feedback(self) -> Any:
+        return _LazyStore(self, "feedback")
+
+    @property
+    def live_candidates(self) -> Any:
+        return _LazyStore(self, "live_candidates")
+
+    @property
     def agent_id(self) -> str | None:
         return self._agent_id
 

@@ -22,8 +22,8 @@ Costs and effects, stated plainly: dropping the index takes an ACCESS EXCLUSIVE 
 ``memory_items`` until COMMIT, so every reader and writer of the table waits for the whole load
 (it is a maintenance-window tool, not an online one); the rebuild covers the rows already in
 the table too, so it only pays off when the load is large next to them. If anything fails, the
-transaction rolls back: no row is loaded and the index is as it was (a failed VACUUM after
-COMMIT leaves the rows loaded; autovacuum catches up later).
+transaction rolls back: no row is loaded and the index is as it was. A VACUUM that fails
+after COMMIT raises although the rows are loaded (a re-run skips them; autovacuum catches up).
 
 The caller vouches for the rows: policies do not run for the owner role, so team membership of
 ``team`` rows is not checked (a ``resource_id`` still must exist: foreign keys hold).

@@ -49,14 +49,19 @@ RETURNING {GRANT_COLUMNS}
 
 # Collections this agent may use with at least permission $2 (1 read, 2 write, 3 owner); $3:
 # library collections (read through their visibility only) count as read. Explicit arms beside
-# the policy's, by name then id in byte order (never a text collation).
-_LIST = f"""
-SELECT {COLLECTION_COLUMNS} FROM (
+# the policy's (the granted ids computed once, as an InitPlan), by name then id in byte order
+# (never a text collation).
+_LIST = """
+SELECT kc.id, kc.agent_id AS owner, kc.name, kc.description, kc.visibility, kc.metadata,
+       kc.created_at, kc.held AS permission,
+       (SELECT count(*) FROM knowledge_documents kd WHERE kd.collection_id = kc.id)
+           AS document_count
+FROM (
     SELECT kc.*, CASE WHEN kc.agent_id = $1 THEN 'owner' ELSE kg.permission END AS held
     FROM knowledge_collections kc
     LEFT JOIN knowledge_collection_grants kg ON kg.collection_id = kc.id AND kg.agent_id = $1
     WHERE kc.agent_id = $1 OR kc.visibility IN ('family', 'public')
-       OR kc.id = ANY (agentbus_granted_collections())
+       OR kc.id = ANY ((SELECT agentbus_granted_collections())::text[])
 ) kc
 WHERE CASE kc.held WHEN 'owner' THEN 3 WHEN 'write' THEN 2 WHEN 'read' THEN 1
                    ELSE CASE WHEN $3 THEN 1 ELSE 0 END END >= $2

@@ -30,26 +30,43 @@ from ._rules import check_limit, fuse_rrf
 
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
-# $1 query (NULL: no keyword branch), $2 embedding (NULL: no vector branch), $3 limit,
-# $4 collection ids asked for (NULL: every readable one), $5 exact-path bound (NULL: automatic),
-# $6 hnsw.ef_search of the HNSW path. The chunks are read one primary-key lookup per id (LATERAL
-# … OFFSET 0 keeps the planner from making it a join over every permitted chunk, which a cached
-# generic plan may otherwise do; see _pg_search).
-_SEARCH = """
-WITH keyword AS (
-    SELECT k.id, k.score, row_number() OVER (ORDER BY k.score DESC, k.id) AS rank
-    FROM agentbus_search_knowledge_keyword($1, $3, $4) AS k
-), nearest AS (
-    SELECT v.id, v.distance, row_number() OVER (ORDER BY v.distance, v.id) AS rank
-    FROM agentbus_search_knowledge_vector($2, $3, $4, $5, $6) AS v
-)
-SELECT hit.id, chunk.*, keyword.rank AS keyword_rank, keyword.score AS keyword_score,
-       nearest.rank AS vector_rank, nearest.distance AS vector_distance
-FROM (SELECT id FROM keyword UNION SELECT id FROM nearest) AS hit
+# The chunks are read one primary-key lookup per hit (LATERAL … OFFSET 0 keeps the planner from
+# making it a join over every permitted chunk, which a cached generic plan may otherwise do; see
+# _pg_search). One statement per mode, so that a search runs only the branches it needs.
+_CHUNK = """
 CROSS JOIN LATERAL (
     SELECT ch.document_id, ch.collection_id, ch.chunk_index, ch.content AS text, kd.title
     FROM knowledge_chunks ch JOIN knowledge_documents kd ON kd.id = ch.document_id
     WHERE ch.id = hit.id OFFSET 0) AS chunk
+"""
+_KEYWORD_RANKS = """
+    SELECT k.id, k.score, row_number() OVER (ORDER BY k.score DESC, k.id) AS rank
+    FROM agentbus_search_knowledge_keyword({query}, {limit}, {among}) AS k"""
+_VECTOR_RANKS = """
+    SELECT v.id, v.distance, row_number() OVER (ORDER BY v.distance, v.id) AS rank
+    FROM agentbus_search_knowledge_vector({embedding}, {limit}, {among}, {exact}, {ef}) AS v"""
+
+# keyword: $1 query, $2 limit, $3 collection ids asked for (NULL: every readable one).
+_KEYWORD = f"""
+SELECT hit.id, hit.rank AS keyword_rank, hit.score AS keyword_score, NULL::bigint AS vector_rank,
+       NULL::float8 AS vector_distance, chunk.*
+FROM ({_KEYWORD_RANKS.format(query="$1", limit="$2", among="$3")}) AS hit {_CHUNK}
+"""
+# vector: $1 embedding, $2 limit, $3 collection ids, $4 exact-path bound (NULL: automatic), $5
+# hnsw.ef_search of the HNSW path.
+_VECTOR = f"""
+SELECT hit.id, NULL::bigint AS keyword_rank, NULL::real AS keyword_score,
+       hit.rank AS vector_rank, hit.distance AS vector_distance, chunk.*
+FROM ({_VECTOR_RANKS.format(embedding="$1", limit="$2", among="$3", exact="$4", ef="$5")})
+    AS hit {_CHUNK}
+"""
+# hybrid: $1 query, $2 embedding, $3 limit, $4 collection ids, $5 bound, $6 ef_search.
+_HYBRID = f"""
+WITH keyword AS ({_KEYWORD_RANKS.format(query="$1", limit="$3", among="$4")}),
+nearest AS ({_VECTOR_RANKS.format(embedding="$2", limit="$3", among="$4", exact="$5", ef="$6")})
+SELECT hit.id, keyword.rank AS keyword_rank, keyword.score AS keyword_score,
+       nearest.rank AS vector_rank, nearest.distance AS vector_distance, chunk.*
+FROM (SELECT id FROM keyword UNION SELECT id FROM nearest) AS hit {_CHUNK}
 LEFT JOIN keyword ON keyword.id = hit.id
 LEFT JOIN nearest ON nearest.id = hit.id
 """
@@ -77,12 +94,19 @@ async def search_chunks(
     if mode == "vector" and embedding is None:
         raise ValidationError('mode="vector" needs an embedding')
     among = None if collection_ids is None else list(collection_ids)
+    core = scope.core
     async with scope.tx("searching knowledge") as conn:
-        rows = await conn.fetch(
-            _SEARCH, None if mode == "vector" else query,
-            None if mode == "keyword" else embedding, limit, among,
-            scope.core.vector_exact_max, scope.core.hnsw_ef_search,
-        )  # fmt: skip
+        if mode == "vector":
+            rows = await conn.fetch(
+                _VECTOR, embedding, limit, among, core.vector_exact_max, core.hnsw_ef_search
+            )
+        elif mode == "keyword" or embedding is None:  # hybrid without an embedding: keyword
+            rows = await conn.fetch(_KEYWORD, query, limit, among)
+        else:
+            rows = await conn.fetch(
+                _HYBRID, query, embedding, limit, among, core.vector_exact_max,
+                core.hnsw_ef_search,
+            )  # fmt: skip
     keyword = sorted((r for r in rows if r["keyword_rank"]), key=lambda r: r["keyword_rank"])
     nearest = sorted((r for r in rows if r["vector_rank"]), key=lambda r: r["vector_rank"])
     if mode == "keyword":

@@ -60,13 +60,17 @@ class PgAdapter:
             and 1.5 ms faster).
         vector_exact_max: visible embedded rows below which vector search scans them exactly
             instead of using HNSW; None: sqrt(5 * limit * rows in the table), at least 1000
-            (see migration 0003). The same bound applies to knowledge chunks (migration 0005).
+            (see migration 0003). Knowledge search uses it for the permitted embedded chunks;
+            None there: sqrt(20 * limit * chunks in the table), at least 1000 (migration 0005).
         master_key: the service keys' master key. None: loaded on first service-key use with
             ``MasterKey.load`` (``AGENTBUS_MASTER_KEY``, else the configured key file, created
             with mode 0600 when missing), once per adapter.
 
     Use ``for_agent(agent_id)`` for a view acting as one agent; views share the pool, and
-    closing a view does nothing.
+    closing a view does nothing. A view's stores: ``memory``, ``tasks``, ``teams``, and Storage
+    II's ``knowledge`` (``_pg_knowledge``), ``service_keys`` (``_pg_service_keys``),
+    ``observations`` and ``feedback`` (``_pg_sessions``), ``live_candidates``
+    (``_pg_candidates``); ``rotate_master_key`` is a maintenance method of the adapter.
 
     Every store call is one transaction. If it is cancelled, or the connection breaks, before
     COMMIT, none of it is applied; a break during COMMIT leaves it unknown whether it was

@@ -35,7 +35,8 @@ async def test_bulk_load_inserts_rows_of_many_agents_and_rebuilds_the_same_index
     """Rows of several agents go in at once, each visible to its agent only and found by vector
     search; the HNSW index comes back with the same definition; a re-run inserts nothing."""
     before = await _index_definition(postgres_server, pg_database)
-    assert before is not None and "hnsw" in before
+    assert before is not None
+    assert "hnsw" in before
     a, b = new_agent("a"), new_agent("b")
     rows = [
         {"agent_id": a if n % 2 else b, "summary": f"bulk harbor row {n}",

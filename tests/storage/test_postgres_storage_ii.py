@@ -208,6 +208,58 @@ async def test_raw_sql_keeps_service_keys_and_session_rows_to_their_agent(
     assert secret.encode().hex().encode() not in stored
 
 
+async def test_the_embedded_chunk_counter_follows_ingests_and_deletes(
+    postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any,
+    postgres_server: PostgresServer, pg_database: str,
+) -> None:  # fmt: skip
+    """knowledge_collections.embedded_chunks (what vector search picks its path by) equals the
+    collection's chunks with embeddings after ingests with and without embeddings, a writer's
+    ingest, document deletes and a collection delete; no agent can set it, not even the owner."""
+    a_id, w_id = new_agent("a"), new_agent("w")
+    a, writer = postgres_adapter.for_agent(a_id), postgres_adapter.for_agent(w_id)
+    c = await a.knowledge.create_collection("counted")
+    await a.knowledge.grant(c.id, w_id, "write")
+    owner: asyncpg.Connection[Any] = await asyncpg.connect(
+        postgres_server.dsn_for("agentbus_owner", pg_database)
+    )
+
+    async def check() -> int:
+        stored, actual = await owner.fetchrow(
+            "SELECT c.embedded_chunks, (SELECT count(*) FROM knowledge_chunks k"
+            " WHERE k.collection_id = c.id AND k.embedding IS NOT NULL)"
+            " FROM knowledge_collections c WHERE c.id = $1", c.id,
+        )  # fmt: skip
+        assert stored == actual
+        return int(stored)
+
+    try:
+        long = "\n\n".join(f"paragraph {n} " + "harbor lantern " * 60 for n in range(6))
+        n = len(chunk_text(long))
+        first = await a.knowledge.ingest_document(
+            c.id, "long", long, embeddings=[as_list(unit(i)) for i in range(n)]
+        )
+        await a.knowledge.ingest_document(c.id, "plain", "no vectors here")
+        second = await writer.knowledge.ingest_document(
+            c.id, "w", "one vector", embeddings=[as_list(unit(99))]
+        )
+        assert await check() == n + 1
+        await writer.knowledge.delete_document(first.id)
+        assert await check() == 1
+        forged = await refused(
+            app_conn, a_id, "UPDATE knowledge_collections SET embedded_chunks = 0 WHERE id = $1",
+            c.id,
+        )  # fmt: skip
+        assert forged == "CheckViolationError"
+        assert await check() == 1
+        await a.knowledge.delete_document(second.id)
+        assert await check() == 0
+        await a.knowledge.delete_collection(c.id)
+        assert await owner.fetchval("SELECT count(*) FROM knowledge_chunks WHERE collection_id"
+                                    " = $1", c.id) == 0  # fmt: skip
+    finally:
+        await owner.close()
+
+
 # --- knowledge search on its indexes under RLS ----------------------------------------------
 
 
