@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import lru_cache
 
 from ._errors import InvalidAgentIdError, InvalidNameError
 
@@ -26,13 +27,19 @@ def validate_agent_id(agent_id: object) -> str:
     Raises:
         InvalidAgentIdError: naming the rule and the offending value.
     """
-    if not isinstance(agent_id, str) or _AGENT_ID.fullmatch(agent_id) is None:
+    if not isinstance(agent_id, str) or not _is_agent_id(agent_id):
         raise InvalidAgentIdError(f"invalid agent id {agent_id!r}: an agent id is {AGENT_ID_RULE}")
     return agent_id
 
 
-def is_valid_agent_id(value: str) -> bool:
+@lru_cache(maxsize=8192)
+def _is_agent_id(value: str) -> bool:
+    # Key names are built on every command; the same few ids are checked over and over.
     return _AGENT_ID.fullmatch(value) is not None
+
+
+def is_valid_agent_id(value: str) -> bool:
+    return _is_agent_id(value)
 
 
 def validate_name(kind: str, name: object) -> str:
@@ -41,9 +48,14 @@ def validate_name(kind: str, name: object) -> str:
     Raises:
         InvalidNameError: naming the kind, the rule and the offending value.
     """
-    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+    if not isinstance(name, str) or not _is_name(name):
         raise InvalidNameError(f"invalid {kind} {name!r}: a {kind} is {NAME_RULE}")
     return name
+
+
+@lru_cache(maxsize=8192)
+def _is_name(value: str) -> bool:
+    return _NAME.fullmatch(value) is not None
 
 
 def uuid7() -> str:

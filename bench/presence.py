@@ -91,13 +91,13 @@ async def baseline_online(client: redis.asyncio.Redis, keys: Keys) -> PresenceSn
     )  # fmt: skip
 
 
-def _baseline_locks(raw: dict[Any, Any], now_ms: float) -> list[LockInfo]:
+def _baseline_locks(names: list[tuple[str, int]], values: list[Any]) -> list[LockInfo]:
     held = []
-    for name, value in sorted(raw.items()):
-        entry = _lock_decoder.decode(value)
-        if entry["expires_at"] > now_ms:
+    for (name, token), value in zip(names, values, strict=True):
+        if value:
+            entry = _lock_decoder.decode(value[32:])  # after the holder's 32-digit token
             held.append(LockInfo(
-                name=name.decode(), holder=entry["holder"], fencing_token=entry["fencing_token"],
+                name=name, holder=entry["holder"], fencing_token=token,
                 acquired_at=entry["acquired_at"] / 1000, expires_at=entry["expires_at"] / 1000,
             ))  # fmt: skip
     return held
@@ -125,13 +125,25 @@ async def baseline_snapshot(client: redis.asyncio.Redis, keys: Keys) -> FamilySn
             pipe.hgetall(keys.locks(agent))
             pipe.hgetall(keys.heartbeats(agent))
         replies = await pipe.execute(raise_on_error=False)
+    lock_names = {FAMILY: sorted((n.decode(), int(t)) for n, t in family_locks.items())}
+    for i, agent in enumerate(names):
+        lock_names[agent] = sorted((n.decode(), int(t)) for n, t in replies[i * 7 + 5].items())
+    async with client.pipeline(transaction=False) as pipe:
+        for scope, scope_names in lock_names.items():
+            for name, _ in scope_names:
+                pipe.get(keys.lock(scope, name))
+        values = await pipe.execute()
+    held, offset = {}, 0
+    for scope, scope_names in lock_names.items():
+        held[scope] = _baseline_locks(scope_names, values[offset : offset + len(scope_names)])
+        offset += len(scope_names)
     presence: dict[str, list[InstanceInfo]] = {}
     for member in alive:
         info = _info_decoder.decode(infos[member])
         presence.setdefault(info.agent, []).append(info)
     agents = []
     for i, agent in enumerate(names):
-        state, groups, length, delayed, dead, locks, beats = replies[i * 7 : i * 7 + 7]
+        state, groups, length, delayed, dead, _, beats = replies[i * 7 : i * 7 + 7]
         instances = presence.get(agent)
         fields = {k.decode(): _json_decoder.decode(v) for k, v in state.items()}
         updated_at = fields.pop("updated_at", None)
@@ -155,12 +167,12 @@ async def baseline_snapshot(client: redis.asyncio.Redis, keys: Keys) -> FamilySn
             mailbox=MailboxCounts(
                 depth=depth, pending=pending, delayed=int(delayed), dead_letters=int(dead)
             ),
-            locks=_baseline_locks(locks, now_ms),
+            locks=held[agent],
             heartbeats=[_run_decoder.decode(beats[name]) for name in sorted(beats)],
         ))  # fmt: skip
     return FamilySnapshot(
         taken_at=now, presence_version=int(version or 0), total_agents=len(registry),
-        agents=agents, family_locks=_baseline_locks(family_locks, now_ms),
+        agents=agents, family_locks=held[FAMILY],
         family_heartbeats=[_run_decoder.decode(family_beats[n]) for n in sorted(family_beats)],
         next_cursor=None,
     )  # fmt: skip
@@ -231,12 +243,13 @@ def _write_agent(pipe: Any, keys: Keys, i: int, now: float, touch: str, acquire:
         )
     pipe.xgroup_create(keys.mailbox(agent), CONSUMER_GROUP, id="0")
     if i % 10 == 0:  # a tenth hold a lock and have run a heartbeat
-        lock_keys = [keys.lock(agent, "nightly"), keys.fence(agent, "nightly"), keys.locks(agent)]
+        lock_keys = [keys.lock(agent, "nightly"), keys.locks(agent)]
         now_ms, ttl_ms = int(now * 1000), 3_600_000
         holder = f"{agent}/{instance}"
         entry = {"holder": holder, "acquired_at": now_ms, "expires_at": now_ms + ttl_ms}
-        lock_args = [f"tok{i}", ttl_ms, "nightly", msgspec.json.encode(entry)[:-1]]  # as Lock does
-        pipe.evalsha(acquire, 3, *lock_keys, *lock_args)
+        token = f"{i:032x}"  # as Lock does: 32 hex digits, then the JSON entry
+        lock_args = [token, ttl_ms, "nightly", msgspec.json.encode(entry)]
+        pipe.evalsha(acquire, 2, *lock_keys, *lock_args)
         run = HeartbeatRun(
             name="beat", window=int(now / 60), fencing_token=1, runner=f"{agent}/{instance}",
             started_at=now, finished_at=now + 0.01, duration=0.01, outcome="ok",

@@ -13,12 +13,13 @@ refuses a token older than one already seen for that name.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import msgspec
@@ -32,6 +33,13 @@ from ..streams._redis import CONNECTION_ERRORS, map_redis_errors
 from ..streams._scripts import load_script
 
 _json = msgspec.json.Encoder()
+
+
+def _raise_backend_error(exc: redis_errors.RedisError, action: str) -> NoReturn:
+    # The same translation as map_redis_errors, without a context manager on the hot path.
+    with map_redis_errors(action):
+        raise exc
+    raise AssertionError("unreachable")
 
 
 class LockScripts:
@@ -100,7 +108,7 @@ class Lock:
         self._blocking = blocking
         self._timeout = timeout
         self._holder = holder
-        self._keys = [keys.lock(scope, name), keys.fence(scope, name), keys.locks(scope)]
+        self._keys = [keys.lock(scope, name), keys.locks(scope)]
         self._keeper = keeper
         self._lease: LockLease | None = None
         self._body: anyio.CancelScope | None = None  # the body's scope, made on entry
@@ -108,6 +116,7 @@ class Lock:
         self._deadline = 0.0  # cancel the body if no renewal is confirmed by then
         self._next_renewal = 0.0
         self._renewal: anyio.CancelScope | None = None  # of the renewal in flight
+        self._acquired_ms = 0
 
     async def acquire(self) -> LockLease:
         """Take the lock (waiting as configured); the lease is not renewed by this call."""
@@ -116,12 +125,14 @@ class Lock:
         ttl_ms = int(self.ttl * 1000)
         while True:
             self._sent_at = time.monotonic()  # the TTL runs from no earlier than this
-            now_ms = int(time.time() * 1000)
-            entry = {"holder": self._holder, "acquired_at": now_ms, "expires_at": now_ms + ttl_ms}
-            with map_redis_errors(f"acquiring lock {self.name!r}"):
+            self._acquired_ms = int(time.time() * 1000)
+            entry = self._entry(self._acquired_ms, ttl_ms)
+            try:
                 fence, wait_ms = await self._scripts.acquire(
-                    keys=self._keys, args=[token, ttl_ms, self.name, _json.encode(entry)[:-1]]
+                    keys=self._keys, args=[token, ttl_ms, self.name, entry]
                 )
+            except redis_errors.RedisError as exc:
+                _raise_backend_error(exc, f"acquiring lock {self.name!r}")
             if int(fence) > 0:
                 self._lease = LockLease(self.name, token, int(fence), self.ttl)
                 return self._lease
@@ -142,10 +153,10 @@ class Lock:
         if self._lease is None:
             return False
         lease, self._lease = self._lease, None
-        with map_redis_errors(f"releasing lock {self.name!r}"):
-            released = await self._scripts.release(
-                keys=[self._keys[0], self._keys[2]], args=[lease.token, self.name]
-            )
+        try:
+            released = await self._scripts.release(keys=[self._keys[0]], args=[lease.token])
+        except redis_errors.RedisError as exc:
+            _raise_backend_error(exc, f"releasing lock {self.name!r}")
         return bool(released)
 
     async def _release_quietly(self) -> None:
@@ -158,11 +169,19 @@ class Lock:
         """Renew the TTL if still the holder; False when the lock was lost."""
         if self._lease is None:
             return False
+        ttl_ms = int(self.ttl * 1000)
         extended = await self._scripts.extend(
-            keys=[self._keys[0], self._keys[2]],
-            args=[self._lease.token, int(self.ttl * 1000), self.name, int(time.time() * 1000)],
+            keys=[self._keys[0]],
+            args=[self._lease.token, ttl_ms, self._entry(self._acquired_ms, ttl_ms)],
         )
         return bool(extended)
+
+    def _entry(self, acquired_ms: int, ttl_ms: int) -> bytes:
+        """What the dashboard shows about the holder; stored after the token in the lock."""
+        expires_ms = int(time.time() * 1000) + ttl_ms
+        return _json.encode(
+            {"holder": self._holder, "acquired_at": acquired_ms, "expires_at": expires_ms}
+        )
 
     def renewal_due(self) -> float:
         """When the keeper should renew next (monotonic seconds)."""
@@ -222,7 +241,7 @@ class Lock:
         if self._renewal is not None:
             self._renewal.cancel()
         lost = lease is not None and lease.lost  # decided before any await: only the body counts
-        if exc_type is not None and issubclass(exc_type, anyio.get_cancelled_exc_class()):
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             # Being cancelled: release anyway, shielded and bounded.
             with anyio.move_on_after(2, shield=True):
                 await self._release_quietly()

@@ -1,8 +1,9 @@
-"""``snapshot()``: everything a dashboard shows, in two round trips whatever the family's size.
+"""``snapshot()``: everything a dashboard shows, in three round trips whatever the family's size.
 
-Round trip 1 reads the registry, the presence index and the family-wide locks and heartbeats;
-round trip 2 pipelines a fixed set of reads per agent for one page of agents (state, mailbox
-counters, locks, heartbeats). Pages are in agent-id order; pass ``next_cursor`` back for the next.
+Round trip 1 reads the registry, the presence index and the family-wide lock index and
+heartbeats; round trip 2 pipelines a fixed set of reads per agent for one page of agents (state,
+mailbox counters, lock index, heartbeats); round trip 3 reads the locks those indexes name.
+Pages are in agent-id order; pass ``next_cursor`` back for the next.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ class FamilySnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 class _LockEntry(msgspec.Struct, frozen=True):
     holder: str
-    fencing_token: int
     acquired_at: float
     expires_at: float
 
@@ -71,13 +71,23 @@ _info_decoder = msgspec.json.Decoder(InstanceInfo)
 _registry_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def _locks(raw: dict[Any, Any], now_ms: float) -> list[LockInfo]:
+_TOKEN_CHARS = 32  # a lock's value is the holder's 32-hex-digit token, then its JSON entry
+
+
+def _lock_names(index: dict[Any, Any]) -> list[tuple[str, int]]:
+    """(name, newest fencing token) of every lock ever taken in one scope, by name."""
+    return sorted((text(name), int(token)) for name, token in index.items())
+
+
+def _locks(names: list[tuple[str, int]], values: list[Any]) -> list[LockInfo]:
+    """The locks held now: a missing value is a released (or expired) lock. The holder's
+    fencing token is the newest one, since tokens only grow with successful acquisitions."""
     held = []
-    for name, value in sorted(raw.items()):
-        entry = _lock_decoder.decode(value)
-        if entry.expires_at > now_ms:  # entries of holders that died expire here
+    for (name, token), value in zip(names, values, strict=True):
+        if value:
+            entry = _lock_decoder.decode(value[_TOKEN_CHARS:])
             held.append(LockInfo(
-                name=text(name), holder=entry.holder, fencing_token=entry.fencing_token,
+                name=name, holder=entry.holder, fencing_token=token,
                 acquired_at=entry.acquired_at / 1000, expires_at=entry.expires_at / 1000,
             ))  # fmt: skip
     return held
@@ -119,6 +129,21 @@ async def snapshot(
                 pipe.hgetall(keys.locks(agent))
                 pipe.hgetall(keys.heartbeats(agent))
             replies = await pipe.execute(raise_on_error=False)
+        # Round trip 3: the values of the locks those indexes name (who holds them, if anyone).
+        scoped = [(FAMILY, _lock_names(family_locks))]
+        scoped += [(agent, _lock_names(replies[i * 7 + 5])) for i, agent in enumerate(page)]
+        lock_values: list[Any] = []
+        if any(names_ for _, names_ in scoped):
+            async with client.pipeline(transaction=False) as pipe:
+                for scope, lock_names in scoped:
+                    for name, _ in lock_names:
+                        pipe.get(keys.lock(scope, name))
+                lock_values = await pipe.execute()
+    held: dict[str, list[LockInfo]] = {}
+    offset = 0
+    for scope, lock_names in scoped:
+        held[scope] = _locks(lock_names, lock_values[offset : offset + len(lock_names)])
+        offset += len(lock_names)
     presence: dict[str, list[InstanceInfo]] = {}
     for raw_member in alive:
         raw_info = infos.get(raw_member)
@@ -127,7 +152,7 @@ async def snapshot(
             presence.setdefault(info.agent, []).append(info)
     agents = []
     for index, agent in enumerate(page):
-        state, groups, length, delayed, dead, locks, beats = replies[index * 7 : index * 7 + 7]
+        state, groups, length, delayed, dead, _, beats = replies[index * 7 : index * 7 + 7]
         instances = presence.get(agent)
         entry = _registry_decoder.decode(registry[agent])
         agents.append(AgentSnapshot(
@@ -137,7 +162,7 @@ async def snapshot(
             presence=agent_presence(agent, instances) if instances else None,
             state=decode_state(agent, state, instances is not None),
             mailbox=_mailbox_counts(groups, length, delayed, dead),
-            locks=_locks(locks, now_ms),
+            locks=held[agent],
             heartbeats=_heartbeats(beats),
         ))  # fmt: skip
     return FamilySnapshot(
@@ -145,7 +170,7 @@ async def snapshot(
         presence_version=int(version or 0),
         total_agents=len(registry),
         agents=agents,
-        family_locks=_locks(family_locks, now_ms),
+        family_locks=held[FAMILY],
         family_heartbeats=_heartbeats(family_beats),
         next_cursor=page[-1] if rest else None,
     )
