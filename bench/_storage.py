@@ -211,7 +211,7 @@ async def langgraph_index_definition(dsn: str) -> str:
 async def langgraph_bulk_load(dsn: str, store: Any, corpus: Corpus, rows: Sequence[int]) -> None:
     """The same treatment as ``PgAdapter.bulk_load_items``: drop the HNSW index, load through
     the store's own ``abatch`` puts, rebuild the index exactly as LangGraph defined it (same
-    maintenance_work_mem), ANALYZE."""
+    maintenance_work_mem), VACUUM (ANALYZE) both tables."""
     definition = await langgraph_index_definition(dsn)
     conn = await asyncpg.connect(dsn)
     try:
@@ -220,8 +220,8 @@ async def langgraph_bulk_load(dsn: str, store: Any, corpus: Corpus, rows: Sequen
             await store.abatch([langgraph_put(corpus, n) for n in rows[start : start + 1000]])
         await conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
         await conn.execute(definition)
-        await conn.execute("ANALYZE store")
-        await conn.execute("ANALYZE store_vectors")
+        await conn.execute("VACUUM (ANALYZE) store")
+        await conn.execute("VACUUM (ANALYZE) store_vectors")
     finally:
         await conn.close()
 

@@ -7,7 +7,12 @@ row is a *private* item of its agent, written with the same ids to a ``PgAdapter
 ``bulk_load_items`` as the owner role, searched as the **app role**, so row-level security is in
 force), a ``SQLiteAdapter`` (``create_items`` in batches of 500) and LangGraph's
 ``AsyncPostgresStore`` (namespace ``("memories", agent)``, same server, its own database, the
-same vectors through a lookup ``embed``, HNSW m=16 ef_construction=200 like agentbus's index).
+same vectors through a lookup ``embed``, HNSW m=16 ef_construction=200 like agentbus's index,
+set through its ``ann_index_config``). Both PostgreSQL stores are bulk-loaded the same way: HNSW
+index dropped, rows in, index rebuilt, ``VACUUM (ANALYZE)``. LangGraph has no setting for
+``hnsw.ef_search``, so its searches run at pgvector's default, 40; agentbus's run at its default
+(``PgAdapter(hnsw_ef_search=100)``) and, as an extra contender, at 40 through a second adapter
+on the same database.
 
 Queries — **held-out rows**: for each agent below, a few of its rows are picked at random
 (seeded) and never stored anywhere; each is one query, so a query never finds itself, and the
@@ -161,6 +166,7 @@ def plan(corpus: Corpus, quick: bool) -> Plan:
 class Stores:
     corpus: Corpus
     pg: PgAdapter
+    pg40: PgAdapter  # the same database, hnsw.ef_search 40 (pgvector's default, LangGraph's)
     sqlite: SQLiteAdapter
     langgraph: Any
     ids: dict[int, str]  # corpus row -> item id (the same on both agentbus backends)
@@ -186,12 +192,18 @@ def contenders(stores: Stores) -> dict[str, tuple[Contender, bool]]:
     texts = stores.corpus.texts
     rows = stores.rows
     pg: dict[str, Any] = {}  # agent -> its view's memory store, made on first use
+    pg40: dict[str, Any] = {}
     lite: dict[str, Any] = {}
 
     def pg_memory(agent: str) -> Any:
         if agent not in pg:
             pg[agent] = stores.pg.for_agent(agent).memory
         return pg[agent]
+
+    def pg40_memory(agent: str) -> Any:
+        if agent not in pg40:
+            pg40[agent] = stores.pg40.for_agent(agent).memory
+        return pg40[agent]
 
     def lite_memory(agent: str) -> Any:
         if agent not in lite:
@@ -230,6 +242,8 @@ def contenders(stores: Stores) -> dict[str, tuple[Contender, bool]]:
         "pg keyword": (search(pg_memory, "keyword"), True),
         "pg hybrid": (search(pg_memory, "hybrid"), True),
         "langgraph": (langgraph, True),
+        "pg vector ef40": (search(pg40_memory, "vector"), True),
+        "pg hybrid ef40": (search(pg40_memory, "hybrid"), True),
         "sqlite vector": (search(lite_memory, "vector"), True),
         "sqlite keyword": (search(lite_memory, "keyword"), True),
         "sqlite hybrid": (search(lite_memory, "hybrid"), True),
@@ -337,7 +351,8 @@ async def load_stores(
     assert inserted == len(work.load), f"{inserted} of {len(work.load)} rows inserted"
     notes.append(
         f"PgAdapter.bulk_load_items: {inserted:,} rows in {spent:.1f} s = {inserted / spent:,.0f}"
-        " rows/s (one transaction, as the owner role: HNSW index built after the rows, ANALYZE)"
+        " rows/s (as the owner role: one transaction, HNSW index built after the rows; VACUUM"
+        " (ANALYZE) after it)"
     )
 
     sqlite = SQLiteAdapter(sqlite_path, embedding_dim=DIM)
@@ -359,7 +374,11 @@ async def load_stores(
         f"SQLiteAdapter create_items (per agent, batches <= 500): {len(work.load):,} rows in "
         f"{spent:.1f} s = {len(work.load) / spent:,.0f} rows/s"
     )
-    stores = Stores(corpus, pg, sqlite, None, ids, {item: n for n, item in ids.items()})
+    pg40 = PgAdapter(
+        server.dsn_for("agentbus_app", "bench_agentbus"), embedding_dim=DIM, hnsw_ef_search=40
+    )
+    await pg40.open()
+    stores = Stores(corpus, pg, pg40, sqlite, None, ids, {item: n for n, item in ids.items()})
     for q in work.queries:
         if q.agent not in stores.matrices:
             m = corpus.vectors[q.stored]
@@ -375,7 +394,7 @@ async def load_langgraph(dsn: str, store: Any, corpus: Corpus, work: Plan) -> st
     spent = time.perf_counter() - started
     return (
         f"LangGraph abatch puts (1,000 a batch) with its HNSW index dropped, then rebuilt as it "
-        f"was defined, ANALYZE: {len(work.load):,} rows in {spent:.1f} s = "
+        f"was defined, VACUUM (ANALYZE): {len(work.load):,} rows in {spent:.1f} s = "
         f"{len(work.load) / spent:,.0f} rows/s"
     )
 
@@ -412,6 +431,13 @@ def report(
             f"k rows)  {'MET' if met else 'MISSED'}   pg hybrid {p50('pg hybrid'):.2f} ms, "
             f"langgraph {p50('langgraph'):.2f} ms, pg vector recall@10 {recall:.3f}, "
             f"short {vec.short + hyb.short}/{vec.calls + hyb.calls}"
+        )
+        vec40, hyb40 = checks[(size, "pg vector ef40")], checks[(size, "pg hybrid ef40")]
+        lines.append(
+            f"  same ef_search as LangGraph (40): pg hybrid/LangGraph "
+            f"{ratio('pg hybrid ef40', 'langgraph'):.2f}, pg hybrid {p50('pg hybrid ef40'):.2f}"
+            f" ms, recall@10 {statistics.mean(vec40.recalls):.3f}, "
+            f"short {vec40.short + hyb40.short}/{vec40.calls + hyb40.calls} (no target)"
         )
         lite_vec = checks[(size, "sqlite vector")]
         value = ratio("sqlite vector", "numpy")
@@ -487,6 +513,7 @@ async def bench(corpus: Corpus, work: Plan, runs: int) -> list[str]:
                     times, checks = await measure(stores, work.queries, runs)
             finally:
                 await stores.pg.aclose()
+                await stores.pg40.aclose()
                 await stores.sqlite.aclose()
     finally:
         server.close()
