@@ -24,8 +24,7 @@ from ._models import (
 from ._pg_checks import new_id, optional_ref, ref_id
 from ._pg_core import Conn, Scope
 from ._pg_memory import _INSERT_ITEMS, _NewItem
-from ._pg_rows import CANDIDATE_COLUMNS
-from ._pg_rows import candidate as candidate_row
+from ._pg_rows import CANDIDATE_COLUMNS, candidate as candidate_row
 from ._rules import check_limit
 
 CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = get_args(CandidateStatus)

@@ -31,9 +31,12 @@ from ._models import (
 from ._pg_checks import MAX_NAME_CHARS, affected, agent_ref, new_id, ref_id
 from ._pg_core import Scope
 from ._pg_knowledge_docs import RANK, KnowledgeDocuments, require
-from ._pg_rows import COLLECTION_COLUMNS, GRANT_COLUMNS
-from ._pg_rows import collection as collection_row
-from ._pg_rows import grant as grant_row
+from ._pg_rows import (
+    COLLECTION_COLUMNS,
+    GRANT_COLUMNS,
+    collection as collection_row,
+    grant as grant_row,
+)
 
 COLLECTION_VISIBILITIES: tuple[CollectionVisibility, ...] = ("private", "family", "public")
 

@@ -25,12 +25,10 @@ from ._models import (
     Permission,
     SearchMode,
 )
-from ._pg_checks import affected, new_id, ref_id, vector
-from ._pg_checks import offset as check_offset
+from ._pg_checks import affected, new_id, offset as check_offset, ref_id, vector
 from ._pg_core import Conn, Scope
 from ._pg_knowledge_search import search_chunks
-from ._pg_rows import DOCUMENT_COLUMNS
-from ._pg_rows import document as document_row
+from ._pg_rows import DOCUMENT_COLUMNS, document as document_row
 from ._rules import check_limit
 
 RANK: dict[str, int] = {"read": 1, "write": 2, "owner": 3}

@@ -39,13 +39,18 @@ from ._models import (
     SearchMode,
     Visibility,
 )
-from ._pg_checks import MAX_URL_CHARS, affected, new_id, optional_ref, ref_id, vector
-from ._pg_checks import offset as check_offset
+from ._pg_checks import (
+    MAX_URL_CHARS,
+    affected,
+    new_id,
+    offset as check_offset,
+    optional_ref,
+    ref_id,
+    vector,
+)
 from ._pg_core import Conn, Scope
 from ._pg_memory_links import MemoryLinks
-from ._pg_rows import ITEM_COLUMNS, RESOURCE_COLUMNS
-from ._pg_rows import item as item_row
-from ._pg_rows import resource as resource_row
+from ._pg_rows import ITEM_COLUMNS, RESOURCE_COLUMNS, item as item_row, resource as resource_row
 from ._pg_search import search_items
 from ._rules import check_limit
 

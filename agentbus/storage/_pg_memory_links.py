@@ -19,11 +19,16 @@ from ._errors import NotFoundError, ValidationError
 from ._models import MAX_TEXT_CHARS, Category, Entity, Lesson, Reflection
 from ._pg_checks import MAX_NAME_CHARS, new_id, ref_id
 from ._pg_core import Conn, Scope
-from ._pg_rows import CATEGORY_COLUMNS, ENTITY_COLUMNS, LESSON_COLUMNS, REFLECTION_COLUMNS
-from ._pg_rows import category as category_row
-from ._pg_rows import entity as entity_row
-from ._pg_rows import lesson as lesson_row
-from ._pg_rows import reflection as reflection_row
+from ._pg_rows import (
+    CATEGORY_COLUMNS,
+    ENTITY_COLUMNS,
+    LESSON_COLUMNS,
+    REFLECTION_COLUMNS,
+    category as category_row,
+    entity as entity_row,
+    lesson as lesson_row,
+    reflection as reflection_row,
+)
 from ._rules import check_limit, step_confidence
 
 

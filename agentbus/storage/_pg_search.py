@@ -22,8 +22,7 @@ from ._canonical import check_choice, check_text
 from ._errors import ValidationError
 from ._models import MAX_TEXT_CHARS, MEMORY_TYPES, VISIBILITIES, SearchHit, SearchMode
 from ._pg_core import Scope
-from ._pg_rows import ITEM_COLUMNS
-from ._pg_rows import item as item_row
+from ._pg_rows import ITEM_COLUMNS, item as item_row
 from ._rules import check_limit, fuse_rrf
 
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")

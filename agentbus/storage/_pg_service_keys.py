@@ -27,8 +27,7 @@ from ._models import MAX_TEXT_CHARS, ServiceKeyInfo
 from ._pg_checks import MAX_NAME_CHARS, affected, new_id
 from ._pg_core import Conn, Scope
 from ._pg_errors import map_pg_errors
-from ._pg_rows import SERVICE_KEY_COLUMNS
-from ._pg_rows import service_key as service_key_row
+from ._pg_rows import SERVICE_KEY_COLUMNS, service_key as service_key_row
 from ._secret import SecretValue
 
 _SEALED = "sk.key_id, sk.wrapped_key, sk.key_nonce, sk.nonce, sk.ciphertext"

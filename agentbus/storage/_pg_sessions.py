@@ -32,9 +32,12 @@ from ._models import (
 )
 from ._pg_checks import MAX_NAME_CHARS, new_id, ref_id
 from ._pg_core import Scope
-from ._pg_rows import FEEDBACK_COLUMNS, OBSERVATION_COLUMNS
-from ._pg_rows import feedback as feedback_row
-from ._pg_rows import observation as observation_row
+from ._pg_rows import (
+    FEEDBACK_COLUMNS,
+    OBSERVATION_COLUMNS,
+    feedback as feedback_row,
+    observation as observation_row,
+)
 from ._rules import check_limit
 
 _SEARCH_OBSERVATIONS = f"""

@@ -20,9 +20,7 @@ from ._errors import AmbiguousIdError, NotFoundError
 from ._models import MAX_TEXT_CHARS, Task, TaskEvent
 from ._pg_checks import agent_ref, ref_id
 from ._pg_core import Conn, Scope
-from ._pg_rows import TASK_COLUMNS, TASK_ORDER
-from ._pg_rows import task as task_row
-from ._pg_rows import task_event as event_row
+from ._pg_rows import TASK_COLUMNS, TASK_ORDER, task as task_row, task_event as event_row
 from ._rules import check_limit
 
 _SHORT_ID = re.compile(r"[0-9a-fA-F]{8}")

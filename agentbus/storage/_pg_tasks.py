@@ -35,12 +35,16 @@ from ._models import (
     TaskStatus,
     Visibility,
 )
-from ._pg_checks import MAX_NAME_CHARS, agent_ref, new_id, optional_ref
-from ._pg_checks import offset as check_offset
-from ._pg_checks import tags as check_tags
+from ._pg_checks import (
+    MAX_NAME_CHARS,
+    agent_ref,
+    new_id,
+    offset as check_offset,
+    optional_ref,
+    tags as check_tags,
+)
 from ._pg_core import Conn, Scope
-from ._pg_rows import TASK_COLUMNS, TASK_ORDER
-from ._pg_rows import task as task_row
+from ._pg_rows import TASK_COLUMNS, TASK_ORDER, task as task_row
 from ._pg_task_graph import VISIBLE_TASK, TaskGraph, fetch_task, record_event, resolve
 from ._rules import check_limit, merge_metadata, status_stamps
 

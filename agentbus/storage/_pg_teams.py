@@ -16,9 +16,7 @@ from ._errors import NotFoundError, ValidationError
 from ._models import AgentRecord, AgentStatus, Team, TeamMember, TeamRole
 from ._pg_checks import MAX_NAME_CHARS, agent_ref, new_id, ref_id
 from ._pg_core import Conn, Scope
-from ._pg_rows import AGENT_COLUMNS
-from ._pg_rows import agent as agent_row
-from ._pg_rows import team as team_row
+from ._pg_rows import AGENT_COLUMNS, agent as agent_row, team as team_row
 
 TEAM_ROLES: tuple[TeamRole, ...] = get_args(TeamRole)
 AGENT_STATUSES: tuple[AgentStatus, ...] = get_args(AgentStatus)

@@ -35,8 +35,7 @@ from ._errors import (
     StorageUnavailableError,
     ValidationError,
 )
-from ._sqlite_chunk_vectors import PRUNED_KEY as CHUNKS_PRUNED_KEY
-from ._sqlite_chunk_vectors import ChunkVectorCache
+from ._sqlite_chunk_vectors import PRUNED_KEY as CHUNKS_PRUNED_KEY, ChunkVectorCache
 from ._sqlite_codec import one, ts
 from ._sqlite_vectors import VectorCache
 

@@ -2,22 +2,13 @@
 
 from ._dead_letters import DeadLetter as DeadLetter
 from ._envelope import Envelope as Envelope
-from ._events import ReceivedEvent as ReceivedEvent
-from ._events import Subscription as Subscription
+from ._events import ReceivedEvent as ReceivedEvent, Subscription as Subscription
 from ._handlers import MessageStream as MessageStream
 from ._mailbox_admin import (
     MailboxStats as MailboxStats,
-)
-from ._mailbox_admin import (
     list_dead_letters as list_dead_letters,
-)
-from ._mailbox_admin import (
     mailbox_stats as mailbox_stats,
-)
-from ._mailbox_admin import (
     purge_dead_letters as purge_dead_letters,
-)
-from ._mailbox_admin import (
     replay_dead_letter as replay_dead_letter,
 )
 from ._message import Message as Message
