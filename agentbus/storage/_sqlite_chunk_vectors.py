@@ -16,19 +16,17 @@ just those rows (fully on the first search, or when ``vacuum`` pruned the log pa
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import StorageUnavailableError
+from ._sqlite_change_cache import ChangeLog, ChangeLogCache
 from ._sqlite_vectors import Matrix, normalise
 
 PRUNED_KEY = "knowledge_vector_changes_pruned_through"
 _COLUMNS = "chunk_key, collection_id, document_id, chunk_index, embedding"
-_CHUNK = 500  # keys per IN (...) list
 
 
 def chunk_ref(document_id: str, chunk_index: int) -> str:
@@ -70,36 +68,20 @@ class _Block:
         self.n = last
 
 
-class ChunkVectorCache:
+class ChunkVectorCache(ChangeLogCache):
     """Every embedded chunk's normalised vector by collection, fresh across processes."""
+
+    log = ChangeLog(
+        table="knowledge_chunks", key_column="chunk_key", columns=_COLUMNS,
+        changes_table="knowledge_vector_changes", changes_key="chunk_key",
+        pruned_key=PRUNED_KEY,
+    )  # fmt: skip
 
     def __init__(
         self, connect: Callable[[], sqlite3.Connection], dim: int, commits: Callable[[], int]
     ) -> None:
-        self._connect = connect
-        self._dim = dim
-        self._commits = commits
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._loaded = False
-        self._data_version: int | None = None
-        self._commits_seen = -1
-        self._last_seq = 0
+        super().__init__(connect, dim, commits)
         self._blocks: dict[str, _Block] = {}
-        self._where: dict[int, str] = {}  # chunk key -> collection id
-        self.full_loads = 0
-        self.incremental_loads = 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __len__(self) -> int:
-        return len(self._where)
 
     def search(
         self, query: Matrix, k: int, collection_ids: Sequence[str]
@@ -108,7 +90,7 @@ class ChunkVectorCache:
         score)``, best first, ties by ref."""
         q = normalise(np.asarray(query, np.float32))
         with self._lock:
-            self._refresh(self._connection())
+            self.refresh(self._connection())
             blocks = [
                 block
                 for collection_id in dict.fromkeys(collection_ids)
@@ -133,73 +115,15 @@ class ChunkVectorCache:
             ranked.sort()
         return [(ref, key, -negative) for negative, ref, key in ranked[:k]]
 
-    # -- freshness -----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._blocks = {}
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StorageUnavailableError("the SQLite adapter is closed; create a new one")
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
-    def _refresh(self, conn: sqlite3.Connection) -> None:
-        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        commits = self._commits()
-        if self._loaded and data_version == self._data_version and commits == self._commits_seen:
-            return
-        conn.execute("BEGIN")
-        try:
-            pruned = conn.execute("SELECT value FROM meta WHERE key = ?", (PRUNED_KEY,)).fetchone()
-            if not self._loaded or (pruned is not None and int(pruned[0]) > self._last_seq):
-                self._full_load(conn)
-            else:
-                self._incremental_load(conn)
-        except BaseException:
-            self._loaded = False  # half-applied: start over at the next search
-            raise
-        finally:
-            conn.execute("COMMIT")
-        self._data_version, self._commits_seen = data_version, commits
-
-    def _full_load(self, conn: sqlite3.Connection) -> None:
-        self._last_seq = conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM knowledge_vector_changes"
-        ).fetchone()[0]
-        self._blocks, self._where = {}, {}
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM knowledge_chunks WHERE embedding IS NOT NULL")
-        self._add_rows(rows.fetchall())
-        self._loaded = True
-        self.full_loads += 1
-
-    def _incremental_load(self, conn: sqlite3.Connection) -> None:
-        changes = conn.execute(
-            "SELECT seq, chunk_key FROM knowledge_vector_changes WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
-        if not changes:
-            return
-        self._last_seq = changes[-1][0]
-        keys = sorted({key for _, key in changes})
-        if len(keys) > max(1000, len(self._where) // 2):
-            self._full_load(conn)
-            return
-        for key in keys:
-            collection_id = self._where.pop(key, None)
-            if collection_id is not None:
-                block = self._blocks[collection_id]
-                block.remove(key)
-                if not block.n:
-                    del self._blocks[collection_id]
-        rows = []
-        for start in range(0, len(keys), _CHUNK):
-            part = keys[start : start + _CHUNK]
-            rows += conn.execute(
-                f"SELECT {_COLUMNS} FROM knowledge_chunks WHERE embedding IS NOT NULL"
-                f" AND chunk_key IN ({', '.join('?' * len(part))})",
-                part,
-            ).fetchall()
-        self._add_rows(rows)
-        self.incremental_loads += 1
+    def _forget(self, key: int) -> None:
+        collection_id = self._where.pop(key)
+        block = self._blocks[collection_id]
+        block.remove(key)
+        if not block.n:
+            del self._blocks[collection_id]
 
     def _add_rows(self, rows: list[tuple[Any, ...]]) -> None:
         rows = [row for row in rows if len(row[4]) == 4 * self._dim]  # another dim: skip

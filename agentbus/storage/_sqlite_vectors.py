@@ -21,22 +21,20 @@ the cache's position (``SQLiteAdapter.vacuum``).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import StorageUnavailableError
 from ._models import MEMORY_TYPES, VISIBILITIES
+from ._sqlite_change_cache import ChangeLog, ChangeLogCache
 
 Matrix = npt.NDArray[np.float32]
 _VIS: dict[str, int] = {name: code for code, name in enumerate(VISIBILITIES)}  # private 0..3 public
 _TYPE: dict[str, int] = {name: code for code, name in enumerate(MEMORY_TYPES)}
 _TEAM, _FAMILY = _VIS["team"], _VIS["family"]
 _COLUMNS = "rowid_key, id, agent_id, visibility, team_id, memory_type, embedding"
-_CHUNK = 500  # keys per IN (...) list
 
 
 def normalise(vectors: Matrix) -> Matrix:
@@ -102,41 +100,23 @@ class _Segment:
         self.n = last
 
 
-class VectorCache:
+class VectorCache(ChangeLogCache):
     """Every embedded item's normalised vector, kept fresh across connections and processes."""
+
+    log = ChangeLog(
+        table="memory_items", key_column="rowid_key", columns=_COLUMNS,
+        changes_table="vector_changes", changes_key="item_key",
+        pruned_key="vector_changes_pruned_through",
+    )  # fmt: skip
 
     def __init__(
         self, connect: Callable[[], sqlite3.Connection], dim: int, commits: Callable[[], int]
     ) -> None:
-        self._connect = connect
-        self._dim = dim
-        self._commits = commits
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._loaded = False
-        self._data_version: int | None = None
-        self._commits_seen = -1
-        self._last_seq = 0
+        super().__init__(connect, dim, commits)
         self._agent_codes: dict[str, int] = {}
         self._team_codes: dict[str, int] = {}
         self._private: dict[int, _Segment] = {}
         self._shared = _Segment(dim)
-        self._where: dict[int, _Segment] = {}
-        self.full_loads = 0
-        self.incremental_loads = 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    # -- search --------------------------------------------------------------------------------
 
     def search(
         self, agent_id: str, query: Matrix, k: int, *, memory_type: str | None = None,
@@ -183,70 +163,11 @@ class VectorCache:
             scores.append(segment.vectors[rows] @ q)
             ids.append([segment.ids[row] for row in rows])
 
-    # -- freshness -----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._private, self._shared = {}, _Segment(self._dim)
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StorageUnavailableError("the SQLite adapter is closed; create a new one")
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
-    def refresh(self, conn: sqlite3.Connection) -> None:
-        """Catch up with commits made since the last search (by anyone)."""
-        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        commits = self._commits()
-        if self._loaded and data_version == self._data_version and commits == self._commits_seen:
-            return
-        conn.execute("BEGIN")
-        try:
-            pruned = conn.execute(_PRUNED).fetchone()
-            if not self._loaded or (pruned is not None and int(pruned[0]) > self._last_seq):
-                self._full_load(conn)
-            else:
-                self._incremental_load(conn)
-        except BaseException:
-            self._loaded = False  # half-applied: start over at the next search
-            raise
-        finally:
-            conn.execute("COMMIT")
-        self._data_version, self._commits_seen = data_version, commits
-
-    def _full_load(self, conn: sqlite3.Connection) -> None:
-        self._last_seq = conn.execute(
-            "SELECT coalesce(max(seq), 0) FROM vector_changes"
-        ).fetchone()[0]
-        self._private, self._shared, self._where = {}, _Segment(self._dim), {}
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM memory_items WHERE embedding IS NOT NULL")
-        self._add_rows(rows.fetchall())
-        self._loaded = True
-        self.full_loads += 1
-
-    def _incremental_load(self, conn: sqlite3.Connection) -> None:
-        changes = conn.execute(
-            "SELECT seq, item_key FROM vector_changes WHERE seq > ? ORDER BY seq", (self._last_seq,)
-        ).fetchall()
-        if not changes:
-            return
-        self._last_seq = changes[-1][0]
-        keys = sorted({key for _, key in changes})
-        if len(keys) > max(1000, len(self._where) // 2):
-            self._full_load(conn)
-            return
-        for key in keys:
-            segment = self._where.pop(key, None)
-            if segment is not None:
-                segment.remove(key)
-        rows = []
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            rows += conn.execute(
-                f"SELECT {_COLUMNS} FROM memory_items WHERE embedding IS NOT NULL"
-                f" AND rowid_key IN ({', '.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
-        self._add_rows(rows)
-        self.incremental_loads += 1
+    def _forget(self, key: int) -> None:
+        self._where.pop(key).remove(key)
 
     def _add_rows(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -295,7 +216,6 @@ _MEMBER_TEAMS = (
     "SELECT tm.team_id FROM team_members tm JOIN teams t ON t.id = tm.team_id"
     " WHERE tm.agent_id = ? AND t.status = 'active'"
 )
-_PRUNED = "SELECT value FROM meta WHERE key = 'vector_changes_pruned_through'"
 
 
 def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str, float]]:
