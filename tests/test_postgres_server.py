@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.testing import PostgresServer, ServerUnavailableError
+from agentbus.testing import PostgresServer
+from agentbus.testing.pytest_plugin import start_or_skip
 
 
 def _start() -> PostgresServer:
-    try:
-        return PostgresServer.start()
-    except ServerUnavailableError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and PostgreSQL is unavailable: {exc}", pytrace=False)
-        pytest.skip(str(exc))
+    return start_or_skip(PostgresServer.start)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from agentbus.testing.pytest_plugin import skip_or_fail
 
 from ._support import EMBEDDING_DIM
 
@@ -159,11 +160,9 @@ class Corpus:
 
 
 def require_corpus() -> None:
+    """Skip without the shared corpus locally; fail under CI."""
     if not (DATA / "items.jsonl.gz").exists() or not (DATA / "vectors-int8.npy").exists():
-        message = f"the shared corpus is missing at {DATA}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(f"the shared corpus is missing at {DATA}")
 
 
 def load_corpus(agents: Iterable[str] | None = None) -> Corpus:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from ._stores import DATA, require_corpus
 from ._support import EMBEDDING_DIM
 
 pytestmark = pytest.mark.anyio
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data" / "changelog-memories"
 K = 10
 BATCH = 500
 RECALL_TARGET = 0.95
@@ -46,19 +44,11 @@ class AgentRows:
     queries: list[int] = field(default_factory=list)  # held out: never stored
 
 
-def _require_data() -> None:
-    if not (DATA / "items.jsonl.gz").exists() or not (DATA / "vectors-int8.npy").exists():
-        message = f"the shared corpus is missing at {DATA}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def corpus() -> tuple[dict[str, AgentRows], dict[int, str], np.ndarray]:
     """The fixture's rows per size class, their texts, and the unit float32 vectors (all rows,
     memory-mapped)."""
-    _require_data()
+    require_corpus()
     wanted = {agent for agent, _, _ in AGENTS.values()}
     by_agent: dict[str, list[tuple[int, str]]] = {agent: [] for agent in wanted}
     with gzip.open(DATA / "items.jsonl.gz", "rt", encoding="utf-8") as lines:
