@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import msgspec
@@ -29,17 +29,10 @@ import redis.exceptions as redis_errors
 from .._errors import LockLostError, LockNotAcquiredError, StaleFencingTokenError
 from .._ids import validate_name
 from .._keys import Keys
-from ..streams._redis import CONNECTION_ERRORS, map_redis_errors
+from ..streams._redis import CONNECTION_ERRORS, backend_error, map_redis_errors
 from ..streams._scripts import load_script
 
 _json = msgspec.json.Encoder()
-
-
-def _raise_backend_error(exc: redis_errors.RedisError, action: str) -> NoReturn:
-    # The same translation as map_redis_errors, without a context manager on the hot path.
-    with map_redis_errors(action):
-        raise exc
-    raise AssertionError("unreachable")
 
 
 class LockScripts:
@@ -132,7 +125,7 @@ class Lock:
                     keys=self._keys, args=[token, ttl_ms, self.name, entry]
                 )
             except redis_errors.RedisError as exc:
-                _raise_backend_error(exc, f"acquiring lock {self.name!r}")
+                raise backend_error(exc, f"acquiring lock {self.name!r}") from exc
             if int(fence) > 0:
                 self._lease = LockLease(self.name, token, int(fence), self.ttl)
                 return self._lease
@@ -156,7 +149,7 @@ class Lock:
         try:
             released = await self._scripts.release(keys=[self._keys[0]], args=[lease.token])
         except redis_errors.RedisError as exc:
-            _raise_backend_error(exc, f"releasing lock {self.name!r}")
+            raise backend_error(exc, f"releasing lock {self.name!r}") from exc
         return bool(released)
 
     async def _release_quietly(self) -> None:

@@ -55,25 +55,33 @@ def _no_maint_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-@contextmanager
-def map_redis_errors(action: str) -> Iterator[None]:
-    """Translate redis-py's exceptions into agentbus's, keeping the original as ``__cause__``."""
-    try:
-        yield
-    except redis_errors.TimeoutError as exc:
-        raise BackendTimeoutError(f"Redis did not answer in time while {action}: {exc}") from exc
-    except (redis_errors.ConnectionError, OSError) as exc:
-        raise BackendUnavailableError(
+def backend_error(exc: BaseException, action: str) -> BackendError:
+    """The agentbus error for a redis-py (or socket) exception raised while doing ``action``."""
+    if isinstance(exc, redis_errors.TimeoutError):
+        return BackendTimeoutError(f"Redis did not answer in time while {action}: {exc}")
+    if isinstance(exc, (redis_errors.ConnectionError, OSError)):
+        return BackendUnavailableError(
             f"cannot reach Redis while {action}: {exc}; is it running? "
             "(scripts/setup-redis.sh starts the project Redis)"
-        ) from exc
-    except redis_errors.OutOfMemoryError as exc:
-        raise BackendError(
+        )
+    if isinstance(exc, redis_errors.OutOfMemoryError):
+        return BackendError(
             f"Redis is out of memory while {action} (maxmemory with noeviction refuses writes "
             "rather than dropping messages): drain or purge mailboxes, or raise maxmemory"
-        ) from exc
-    except redis_errors.RedisError as exc:
-        raise BackendError(f"Redis failed while {action}: {exc}") from exc
+        )
+    return BackendError(f"Redis failed while {action}: {exc}")
+
+
+@contextmanager
+def map_redis_errors(action: str) -> Iterator[None]:
+    """Translate redis-py's exceptions into agentbus's, keeping the original as ``__cause__``.
+
+    Hot paths catch ``redis.exceptions.RedisError`` themselves and raise :func:`backend_error`.
+    """
+    try:
+        yield
+    except (redis_errors.RedisError, OSError) as exc:
+        raise backend_error(exc, action) from exc
 
 
 class Backoff:
