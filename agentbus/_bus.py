@@ -418,6 +418,9 @@ class AgentBus:
 
     def _stop_consumer(self, consumer: MailboxConsumer) -> None:
         self._consuming = False
+        # A stopped consumer is kept only while it may still receive acks (a message from a
+        # closed messages() stream acked late); the bus flushes those on close.
+        self._consumers = [c for c in self._consumers if c is consumer or c.has_buffered_acks()]
 
     async def _consume(self, consumer: MailboxConsumer, sink: Sink) -> None:
         try:

@@ -234,6 +234,9 @@ class MailboxConsumer:
         self._ack_wake.set()
         self._settled_locally()
 
+    def has_buffered_acks(self) -> bool:
+        return bool(self._ack_ids or self._effect_keys)
+
     async def run_acker(self) -> None:
         """Write queued acks, coalesced: one XACK for everything queued meanwhile.
 
