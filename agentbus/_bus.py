@@ -210,6 +210,7 @@ class AgentBus:
             await self._client.delete(self._replies.stream)
         except Exception:
             pass
+        await self._lock_scripts.aclose()
         await self._close_client()
 
     async def _close_client(self) -> None:

@@ -10,7 +10,9 @@
 - Lock acquire+release pairs/s: ``async with bus.lock(name, ttl=10)`` (fencing token, dashboard
   index entry, renewal by the bus's lock keeper, cancellable body, shielded release) vs
   redis-py's ``redis.asyncio.lock.Lock`` (``client.lock(name, timeout=10)``: SET NX PX, Lua
-  release), both on the bus's client.
+  release), both on the bus's client (agentbus runs its lock scripts on a connection of that
+  client's pool that it keeps aside, ``DirectLine``; redis-py's ``Lock`` goes through
+  ``execute_command``).
 
 The agents are written the way the package writes them (the lease pipeline with the
 ``presence_touch`` script, ``RegistryEntry``, ``set_state``'s fields, the ``lock_acquire`` script,
@@ -52,9 +54,9 @@ from agentbus.presence import (
     snapshot,
 )
 from agentbus.presence._lease import RegistryEntry
-from agentbus.presence._locks import LockScripts
 from agentbus.presence._presence import PresenceScripts, touch_args
 from agentbus.presence._state import encode_fields
+from agentbus.streams._scripts import load_script
 from agentbus.testing import RedisServer, unique_namespace
 
 LEASE_TTL = 3600.0  # nothing expires while the benchmark runs
@@ -200,7 +202,7 @@ async def agentbus_lock_pairs(bus: AgentBus, name: str, n: int) -> None:
 async def populate(client: redis.asyncio.Redis, keys: Keys, n: int) -> None:
     """``n`` online agents, one instance each, with state, mailbox, some locks and heartbeats."""
     touch = PresenceScripts(client).touch
-    acquire = LockScripts(client).acquire
+    acquire = load_script(client, "lock_acquire", "agentbus.presence")
     for script in (touch, acquire):
         await client.script_load(script.script)
     now = time.time()

@@ -17,7 +17,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +29,7 @@ import redis.exceptions as redis_errors
 from .._errors import LockLostError, LockNotAcquiredError, StaleFencingTokenError
 from .._ids import validate_name
 from .._keys import Keys
+from ..streams._direct_line import DirectLine
 from ..streams._redis import CONNECTION_ERRORS, backend_error, map_redis_errors
 from ..streams._scripts import load_script
 
@@ -36,11 +37,30 @@ _json = msgspec.json.Encoder()
 
 
 class LockScripts:
+    """The lock scripts of one bus, run on a :class:`DirectLine` (a lock pair is two short
+    round trips, so the client's per-command work is a large share of its cost)."""
+
     def __init__(self, client: aioredis.Redis) -> None:
-        self.acquire = load_script(client, "lock_acquire", __package__)
-        self.extend = load_script(client, "lock_extend", __package__)
-        self.release = load_script(client, "lock_release", __package__)
-        self.fenced_write = load_script(client, "fenced_write", __package__)
+        self._line = DirectLine(client)
+        self._acquire = load_script(client, "lock_acquire", __package__)
+        self._extend = load_script(client, "lock_extend", __package__)
+        self._release = load_script(client, "lock_release", __package__)
+        self._fenced_write = load_script(client, "fenced_write", __package__)
+
+    async def acquire(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._line.run(self._acquire, keys, args)
+
+    async def extend(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._line.run(self._extend, keys, args)
+
+    async def release(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._line.run(self._release, keys, args)
+
+    async def fenced_write(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._line.run(self._fenced_write, keys, args)
+
+    async def aclose(self) -> None:
+        await self._line.aclose()
 
 
 def validate_ttl(ttl: float) -> float:
