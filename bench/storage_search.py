@@ -212,7 +212,8 @@ def contenders(stores: Stores) -> dict[str, tuple[Contender, bool]]:
 
     def search(memory_of: Callable[[str], Any], mode: str) -> Contender:
         async def call(q: Query) -> list[int]:
-            embedding = None if mode == "keyword" else vectors[q.row].tolist()
+            # The float32 row itself, as the numpy baseline gets it (no list conversion).
+            embedding = None if mode == "keyword" else vectors[q.row]
             query = q.words
             hits = await memory_of(q.agent).search_items(
                 query, embedding=embedding, mode=mode, limit=K

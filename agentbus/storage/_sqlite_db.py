@@ -9,7 +9,11 @@ stdlib ``sqlite3`` blocks, so every statement runs in a worker thread
   against other processes: they wait up to ``busy_timeout`` for SQLite's write lock);
 - a small pool of **reader** connections, each read a deferred transaction (one consistent
   snapshot); in WAL mode readers never wait for the writer;
-- the vector caches' own connections (see ``_sqlite_vectors``, ``_sqlite_chunk_vectors``).
+- the vector caches' own connections (see ``_sqlite_vectors``, ``_sqlite_chunk_vectors``);
+- one **probe** connection, the only one used on the event loop: it runs nothing but
+  ``PRAGMA data_version`` (a read of the WAL index in shared memory, no table data), with a busy
+  timeout of 0 so it never waits — when SQLite answers busy, the caller takes the thread path.
+  It lets a vector search that the in-process cache can answer skip the worker thread.
 
 Cancellation: a statement already handed to a worker thread runs to its end; the awaiting task
 sees the cancellation afterwards. A cancelled write may therefore still have been committed.
@@ -100,6 +104,7 @@ class Database:
         self._write_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
+        self._probe: sqlite3.Connection | None = None
 
     # -- connections -------------------------------------------------------------------------
 
@@ -151,6 +156,10 @@ class Database:
                 except BaseException:
                     writer.close()
                     raise
+                # Made here, off the loop; used on the loop, by one thread at a time.
+                self._probe = sqlite3.connect(
+                    self.path, timeout=0, isolation_level=None, check_same_thread=False
+                )
             self._writer = writer
             self._state = "open"
 
@@ -188,10 +197,28 @@ class Database:
                 self._writer = None
         with self._pool_lock:
             readers, self._readers = self._readers, []
+            probe, self._probe = self._probe, None
         for conn in readers:
             conn.close()
+        if probe is not None:
+            probe.close()
         self.vectors.close()
         self.chunk_vectors.close()
+
+    def probe(self) -> int | None:
+        """``PRAGMA data_version`` read on the event loop, never waiting (None: busy or closed).
+
+        It moves whenever another connection commits — this adapter's writer, another process —
+        so an unchanged probe proves that nothing was committed since it was last read.
+        """
+        probe = self._probe
+        if probe is None or self._state != "open":
+            return None
+        try:
+            version: int = probe.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+        return version
 
     # -- transactions ------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ import re
 import sqlite3
 from typing import Any
 
+import msgspec
+
 from ._canonical import check_choice, check_text, check_vector
 from ._errors import ValidationError
 from ._models import (
@@ -75,6 +77,17 @@ class SearchOps(Scoped):
         keyword = None if mode == "vector" else fts_query(query)
         if mode == "keyword":
             vector = None
+        probe = self._db.probe() if vector is not None else None
+        if mode == "vector" and probe is not None and vector is not None:
+            found = self._db.vectors.search_now(
+                self._agent, vector, limit, probe=probe, memory_type=filters.memory_type,
+                visibility=filters.visibility, own_only=filters.own_only,
+            )  # fmt: skip
+            if found is not None:  # answered from the fresh cache, without the worker thread
+                return [
+                    SearchHit(item=own_copy(item), score=score, keyword_rank=None, vector_rank=r)
+                    for r, (item, score) in enumerate(found, 1)
+                ]
 
         def run(conn: sqlite3.Connection) -> list[SearchHit]:
             size = limit if mode != "hybrid" else branch_size(limit)
@@ -82,7 +95,7 @@ class SearchOps(Scoped):
             vec = (
                 self._db.vectors.search(
                     self._agent, vector, size, memory_type=filters.memory_type,
-                    visibility=filters.visibility, own_only=filters.own_only,
+                    visibility=filters.visibility, own_only=filters.own_only, probe=probe,
                 )
                 if vector is not None
                 else []
@@ -127,6 +140,20 @@ class SearchOps(Scoped):
             [*ids, self._agent, self._agent],
         ).fetchall()
         return {row[0]: item_from_row(row) for row in rows}
+
+
+def own_copy(item: MemoryItem) -> MemoryItem:
+    """``item`` with metadata of its own: the cache's items are shared, and a caller may change
+    the dict it was given (the struct itself is frozen)."""
+    if not item.metadata:
+        return msgspec.structs.replace(item, metadata={})
+    return msgspec.structs.replace(
+        item, metadata=_JSON_COPY.decode(_JSON_COPY_ENC.encode(item.metadata))
+    )
+
+
+_JSON_COPY = msgspec.json.Decoder(dict[str, Any])
+_JSON_COPY_ENC = msgspec.json.Encoder()
 
 
 class _Filters:

@@ -10,12 +10,23 @@ matrix-vector product, no gather), and one ``shared`` segment for every ``team``
 (agent, visibility, team, memory type). Score = dot product of normalised vectors = 1 - cosine
 distance (a zero vector scores 0 against everything).
 
-Freshness: before each search the cache compares ``PRAGMA data_version`` on its own connection
-(which changes whenever any *other* connection — another process or this adapter's writer —
-commits) and this adapter's own commit counter. When either moved, it reads the keys appended to
-``vector_changes`` (filled by triggers) since the last sequence number it saw, and reloads just
-those rows. A full reload happens on the first search, and when the change log was pruned past
-the cache's position (``SQLiteAdapter.vacuum``).
+The cache also keeps each embedded item itself (a frozen ``MemoryItem``), so a vector search
+needs no read of the database once the cache is fresh. Memory: about 4 x dim bytes per vector
+plus the decoded item (some hundreds of bytes and its summary).
+
+Freshness: the cache compares ``PRAGMA data_version`` on its own connection (which changes
+whenever any *other* connection — another process or this adapter's writer — commits) and this
+adapter's own commit counter. When either moved, it reads the keys appended to
+``vector_changes`` (filled by triggers on every change to an embedded row) since the last
+sequence number it saw, and reloads just those rows. A full reload happens on the first search,
+and when the change log was pruned past the cache's position (``SQLiteAdapter.vacuum``).
+
+Two ways in: :meth:`VectorCache.search` refreshes first and runs in a worker thread (a read
+transaction on the cache's connection); :meth:`VectorCache.search_now` runs on the event loop
+and answers only when nothing can have changed since the last refresh — the caller's probe (a
+``PRAGMA data_version`` on a connection of its own, taken *before* that refresh read anything)
+is unchanged, the commit counter is unchanged, and no thread holds the cache — else it returns
+None and the caller takes the thread path.
 """
 
 from __future__ import annotations
@@ -27,14 +38,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._models import MEMORY_TYPES, VISIBILITIES
+from ._models import MEMORY_TYPES, VISIBILITIES, MemoryItem
 from ._sqlite_change_cache import ChangeLog, ChangeLogCache
+from ._sqlite_codec import ITEM_COLUMNS, item_from_row
 
 Matrix = npt.NDArray[np.float32]
 _VIS: dict[str, int] = {name: code for code, name in enumerate(VISIBILITIES)}  # private 0..3 public
 _TYPE: dict[str, int] = {name: code for code, name in enumerate(MEMORY_TYPES)}
 _TEAM, _FAMILY = _VIS["team"], _VIS["family"]
-_COLUMNS = "rowid_key, id, agent_id, visibility, team_id, memory_type, embedding"
+_COLUMNS = f"rowid_key, embedding, {ITEM_COLUMNS}"
+# Where _COLUMNS puts what the cache indexes (the item's own columns follow the embedding).
+_KEY, _EMBEDDING, _ITEM = 0, 1, 2
+_ID, _AGENT, _TYPE_COL, _VIS_COL, _TEAM_COL = 2, 3, 5, 6, 7
 
 
 def normalise(vectors: Matrix) -> Matrix:
@@ -104,7 +119,7 @@ class VectorCache(ChangeLogCache):
     """Every embedded item's normalised vector, kept fresh across connections and processes."""
 
     log = ChangeLog(
-        table="memory_items", key_column="rowid_key", columns=_COLUMNS,
+        table="memory_items m", key_column="rowid_key", columns=_COLUMNS,
         changes_table="vector_changes", changes_key="item_key",
         pruned_key="vector_changes_pruned_through",
     )  # fmt: skip
@@ -117,39 +132,93 @@ class VectorCache(ChangeLogCache):
         self._team_codes: dict[str, int] = {}
         self._private: dict[int, _Segment] = {}
         self._shared = _Segment(dim)
+        self._items: dict[str, MemoryItem] = {}
+        self._teams: dict[str, list[str]] = {}  # agent -> active teams, until the next change
+        self._probe_seen: int | None = None
+        self.served_now = 0  # searches answered by search_now (for tests and benchmarks)
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        before = (self._data_version, self._commits_seen)
+        super().refresh(conn)
+        if (self._data_version, self._commits_seen) != before:
+            self._teams = {}  # any commit may have changed a membership
 
     def search(
         self, agent_id: str, query: Matrix, k: int, *, memory_type: str | None = None,
-        visibility: str | None = None, own_only: bool = False,
+        visibility: str | None = None, own_only: bool = False, probe: int | None = None,
     ) -> list[tuple[str, float]]:  # fmt: skip
-        """The ``k`` visible items nearest to ``query``: ``(id, score)``, best first, ties by id."""
-        q = normalise(np.asarray(query, np.float32))
+        """The ``k`` visible items nearest to ``query``: ``(id, score)``, best first, ties by id.
+
+        ``probe`` is the caller's data-version probe, taken before this call: once the cache
+        has caught up, :meth:`search_now` answers while the probe still reads the same.
+        """
         with self._lock:
             conn = self._connection()
             self.refresh(conn)
-            teams = [row[0] for row in conn.execute(_MEMBER_TEAMS, (agent_id,))]
-            me = self._agent_codes.get(agent_id, -2)  # -2 matches no row
-            type_code = None if memory_type is None else _TYPE[memory_type]
-            scores: list[Matrix] = []
-            ids: list[list[str]] = []
-            if visibility in (None, "private") and me in self._private:
-                segment = self._private[me]
-                rows = None if type_code is None else segment.types[: segment.n] == type_code
-                self._score(segment, rows, q, scores, ids)
-            if visibility != "private" and self._shared.n:
-                segment, n = self._shared, self._shared.n
-                mask = segment.agents[:n] == me
-                if not own_only:
-                    team_codes = [self._team_codes[t] for t in teams if t in self._team_codes]
-                    in_team = np.isin(segment.teams[:n], team_codes)
-                    vis = segment.visibility[:n]
-                    mask |= (vis >= _FAMILY) | ((vis == _TEAM) & in_team)
-                if visibility is not None:
-                    mask &= segment.visibility[:n] == _VIS[visibility]
-                if type_code is not None:
-                    mask &= segment.types[:n] == type_code
-                self._score(segment, mask, q, scores, ids)
-            return _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
+            if probe is not None:
+                self._probe_seen = probe
+            teams = self._teams.get(agent_id)
+            if teams is None:
+                teams = [row[0] for row in conn.execute(_MEMBER_TEAMS, (agent_id,))]
+                self._teams[agent_id] = teams
+            return self._rank(agent_id, teams, query, k, memory_type, visibility, own_only)
+
+    def search_now(
+        self, agent_id: str, query: Matrix, k: int, *, probe: int, memory_type: str | None = None,
+        visibility: str | None = None, own_only: bool = False,
+    ) -> list[tuple[MemoryItem, float]] | None:  # fmt: skip
+        """:meth:`search` answered from memory on the calling thread (the event loop), with the
+        items themselves; None when the cache may be stale or is busy: use :meth:`search`."""
+        if not self._lock.acquire(blocking=False):
+            return None  # a worker thread is refreshing or searching
+        try:
+            if (
+                not self._loaded
+                or probe != self._probe_seen
+                or self._commits() != self._commits_seen
+            ):
+                return None
+            teams = self._teams.get(agent_id)
+            if teams is None:
+                return None  # membership not read since the last change
+            ranked = self._rank(agent_id, teams, query, k, memory_type, visibility, own_only)
+            items = self._items
+            self.served_now += 1
+            return [(items[item_id], score) for item_id, score in ranked]
+        finally:
+            self._lock.release()
+
+    def item(self, item_id: str) -> MemoryItem | None:
+        """The cached item (embedded items only); call after :meth:`search`, under no lock."""
+        return self._items.get(item_id)
+
+    def _rank(
+        self, agent_id: str, teams: list[str], query: Matrix, k: int, memory_type: str | None,
+        visibility: str | None, own_only: bool,
+    ) -> list[tuple[str, float]]:  # fmt: skip
+        q = normalise(np.asarray(query, np.float32))
+        me = self._agent_codes.get(agent_id, -2)  # -2 matches no row
+        type_code = None if memory_type is None else _TYPE[memory_type]
+        scores: list[Matrix] = []
+        ids: list[list[str]] = []
+        if visibility in (None, "private") and me in self._private:
+            segment = self._private[me]
+            rows = None if type_code is None else segment.types[: segment.n] == type_code
+            self._score(segment, rows, q, scores, ids)
+        if visibility != "private" and self._shared.n:
+            segment, n = self._shared, self._shared.n
+            mask = segment.agents[:n] == me
+            if not own_only:
+                team_codes = [self._team_codes[t] for t in teams if t in self._team_codes]
+                in_team = np.isin(segment.teams[:n], team_codes)
+                vis = segment.visibility[:n]
+                mask |= (vis >= _FAMILY) | ((vis == _TEAM) & in_team)
+            if visibility is not None:
+                mask &= segment.visibility[:n] == _VIS[visibility]
+            if type_code is not None:
+                mask &= segment.types[:n] == type_code
+            self._score(segment, mask, q, scores, ids)
+        return _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
 
     @staticmethod
     def _score(segment: _Segment, mask: npt.NDArray[np.bool_] | None, q: Matrix,
@@ -165,31 +234,40 @@ class VectorCache(ChangeLogCache):
 
     def _reset(self) -> None:
         self._private, self._shared = {}, _Segment(self._dim)
+        self._items = {}
 
     def _forget(self, key: int) -> None:
-        self._where.pop(key).remove(key)
+        segment = self._where.pop(key)
+        del self._items[segment.ids[segment.pos[key]]]
+        segment.remove(key)
 
     def _add_rows(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
         dim = self._dim
-        rows = [row for row in rows if len(row[6]) == 4 * dim]  # written with another dim: skip
+        # written with another dimension: skip
+        rows = [row for row in rows if len(row[_EMBEDDING]) == 4 * dim]
         if not rows:
             return
         vectors = normalise(
-            np.frombuffer(b"".join(row[6] for row in rows), np.float32).reshape(-1, dim)
+            np.frombuffer(b"".join(row[_EMBEDDING] for row in rows), np.float32).reshape(-1, dim)
         )
         codes = np.array(
             [
-                (self._code(self._agent_codes, row[2]), _VIS[row[3]],
-                 -1 if row[4] is None else self._code(self._team_codes, row[4]), _TYPE[row[5]])
+                (self._code(self._agent_codes, row[_AGENT]), _VIS[row[_VIS_COL]],
+                 -1 if row[_TEAM_COL] is None else self._code(self._team_codes, row[_TEAM_COL]),
+                 _TYPE[row[_TYPE_COL]])
                 for row in rows
             ],
             dtype=np.int32,
         ).reshape(-1, 4)  # fmt: skip
+        for row in rows:
+            self._items[row[_ID]] = item_from_row(row[_ITEM:])
         private = codes[:, 1] == _VIS["private"]
         self._extend(self._shared, rows, vectors, codes, np.flatnonzero(~private))
         private_rows = np.flatnonzero(private)
+        if not len(private_rows):
+            return  # (the split below needs at least one private row)
         order = private_rows[np.argsort(codes[private_rows, 0], kind="stable")]
         agents = codes[order, 0]
         starts = np.flatnonzero(np.diff(agents, prepend=-1))
@@ -202,8 +280,8 @@ class VectorCache(ChangeLogCache):
                 codes: npt.NDArray[np.int32], take: npt.NDArray[np.intp]) -> None:  # fmt: skip
         if not len(take):
             return
-        keys = [rows[i][0] for i in take]
-        segment.extend(keys, [rows[i][1] for i in take], vectors[take], codes[take])
+        keys = [rows[i][_KEY] for i in take]
+        segment.extend(keys, [rows[i][_ID] for i in take], vectors[take], codes[take])
         for key in keys:
             self._where[key] = segment
 
