@@ -180,7 +180,9 @@ class VectorCache(ChangeLogCache):
                 return None
             teams = self._teams.get(agent_id)
             if teams is None:
-                return None  # membership not read since the last change
+                if visibility != "private" and self._shared.n and not own_only:
+                    return None  # membership matters and was not read since the last change
+                teams = []  # no shared row can be in play: membership does not matter
             ranked = self._rank(agent_id, teams, query, k, memory_type, visibility, own_only)
             items = self._items
             self.served_now += 1
@@ -196,7 +198,10 @@ class VectorCache(ChangeLogCache):
         self, agent_id: str, teams: list[str], query: Matrix, k: int, memory_type: str | None,
         visibility: str | None, own_only: bool,
     ) -> list[tuple[str, float]]:  # fmt: skip
-        q = normalise(np.asarray(query, np.float32))
+        # Rank with the raw query and divide the k scores by its norm afterwards: the order is
+        # the same, and it spares a pass over the query on every search.
+        q = np.asarray(query, np.float32)
+        norm = float(np.sqrt(q @ q)) or 1.0  # a zero query scores 0 against everything
         me = self._agent_codes.get(agent_id, -2)  # -2 matches no row
         type_code = None if memory_type is None else _TYPE[memory_type]
         scores: list[Matrix] = []
@@ -218,7 +223,8 @@ class VectorCache(ChangeLogCache):
             if type_code is not None:
                 mask &= segment.types[:n] == type_code
             self._score(segment, mask, q, scores, ids)
-        return _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
+        ranked = _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
+        return [(item_id, score / norm) for item_id, score in ranked]
 
     @staticmethod
     def _score(segment: _Segment, mask: npt.NDArray[np.bool_] | None, q: Matrix,
@@ -304,8 +310,9 @@ def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str
     if len(all_scores) > k:
         # Keep every row tied with the k-th score, so ties are broken by id, not by position.
         kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
-        chosen = np.flatnonzero(all_scores >= kth)
+        chosen = np.flatnonzero(all_scores >= kth).tolist()
     else:
-        chosen = np.arange(len(all_scores))
-    ranked = sorted((-float(all_scores[i]), all_ids[i]) for i in chosen)
-    return [(item, -negative) for negative, item in ranked[:k]]
+        chosen = range(len(all_scores))
+    negated = (-all_scores[chosen]).tolist()  # (-score, id) tuples sort best first, ties by id
+    ranked = sorted(zip(negated, [all_ids[i] for i in chosen], strict=True))[:k]
+    return [(item_id, -negative) for negative, item_id in ranked]

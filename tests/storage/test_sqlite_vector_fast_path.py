@@ -53,6 +53,11 @@ async def test_a_repeated_search_is_answered_from_the_cache_with_the_same_hits(
     assert second == first
     assert second[0].item.summary == "note 3" and second[0].vector_rank == 1
     assert second[0].score == pytest.approx(1.0, abs=1e-6)
+    # Another agent's first search: with no shared rows its team membership cannot matter, so
+    # it is answered from memory too.
+    other = adapter.for_agent("other").memory
+    assert await other.search_items("", embedding=vec(3), mode="vector") == []
+    assert cache.served_now == 2
 
 
 async def test_own_writes_are_seen_by_the_next_search(adapter: SQLiteAdapter) -> None:
