@@ -54,6 +54,7 @@ UNASSIGNED = "~unassigned"
 MAX_SUMMARY_CHARS = 16_000
 MAX_TITLE_CHARS = 500
 MAX_TEXT_CHARS = 100_000
+MAX_ID_CHARS = 64
 RRF_K = 60
 """Reciprocal Rank Fusion constant (Cormack, Clarke & Büttcher, SIGIR 2009)."""
 
@@ -139,14 +140,33 @@ class SearchHit(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MemoryStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What one agent has and may use, for a dashboard (``memory.get_stats()``).
+
+    Memory, service keys, observations, feedback and live candidates count the agent's own
+    rows. Knowledge counts what the agent may read: its own collections, those it holds a grant
+    on and the family/public library — never a collection it cannot read.
+    """
+
     items: int
     embedded_items: int
-    by_type: dict[str, int]
+    by_type: dict[str, int]  # memory type -> items (types without items are left out)
     resources: int
     categories: int
     entities: int
     reflections: int
     lessons: int
+    knowledge_collections: int  # readable: own, granted (any permission) and the library
+    knowledge_collections_writable: int  # of those, with write or owner permission
+    knowledge_collections_owned: int  # of those, owned (created, or granted owner)
+    knowledge_documents: int  # documents in the readable collections
+    knowledge_chunks: int  # their chunks
+    knowledge_embedded_chunks: int  # of those chunks, the ones with an embedding
+    service_keys: int
+    observations: int
+    observation_sessions: int  # distinct session ids among the observations
+    model_feedback: int
+    rated_model_feedback: int  # of those, the ones the user has rated
+    live_candidates: dict[str, int]  # status -> candidates; every status, 0 when none
 
 
 class TaskEvent(msgspec.Struct, frozen=True, kw_only=True):

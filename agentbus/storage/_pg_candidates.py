@@ -3,9 +3,11 @@
 A candidate is ``pending`` until it is merged (into an existing item, which is reinforced),
 promoted (a new memory item is made from it) or rejected; only a pending candidate moves, and each
 move is one transaction that locks the candidate first, so two concurrent decisions cannot both
-apply. Candidates are the agent's own rows (migration 0006); the items they name must be visible
-to it (own, family/public, its teams'), else "not found". Merging into another agent's shared
-item reinforces it through ``agentbus_reinforce_visible_item``, which bumps only the counters.
+apply. Candidates are the agent's own rows (migration 0006). The item a candidate resembles
+(``similar_item_id``) must be visible to it (own, family/public, its teams'), else "not found";
+``merge`` folds only into one of the agent's own items, reinforced exactly as
+``memory.reinforce_item`` does — another agent's item, even a visible one, is "not found", like
+any mutation of a row the agent does not own (migration 0007 holds the app role to the same rule).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ._models import (
 )
 from ._pg_checks import new_id, optional_ref, ref_id
 from ._pg_core import Conn, Scope
-from ._pg_memory import _INSERT_ITEMS, _NewItem
+from ._pg_memory import _INSERT_ITEMS, _REINFORCE, _NewItem
 from ._pg_rows import CANDIDATE_COLUMNS, candidate as candidate_row
 from ._rules import check_limit
 
@@ -91,10 +93,11 @@ class PgLiveCandidates:
         return [candidate_row(row) for row in rows]
 
     async def merge(self, candidate_id: str, *, into: str | None = None) -> LiveCandidate:
-        """Fold the candidate into a visible item (default: ``similar_item_id``), reinforcing it.
+        """Fold the candidate into one of this agent's own items (default:
+        ``similar_item_id``), reinforcing it.
 
-        Raises: NotFoundError (candidate, or item not visible), ValidationError (not pending,
-        or no item to merge into).
+        Raises: NotFoundError (candidate, or the item is not this agent's), ValidationError (not
+        pending, or no item to merge into).
         """
         target = optional_ref(into, "into")
         async with self._scope.tx("merging a live candidate") as conn:
@@ -104,10 +107,8 @@ class PgLiveCandidates:
                 raise ValidationError(
                     f"candidate {pending['id']} names no similar item: pass into=<item id>"
                 )
-            now = now_utc()
-            if not await conn.fetchval("SELECT agentbus_reinforce_visible_item($1, $2)",
-                                       target, now):  # fmt: skip
-                raise NotFoundError(f"item {target} not found")
+            if await conn.fetchrow(_REINFORCE, target, self._agent, now_utc()) is None:
+                raise NotFoundError(f"item {target} not found among agent {self._agent!r}'s items")
             return await self._resolve(conn, pending["id"], "merged", target)
 
     async def promote(

@@ -5,8 +5,9 @@ The rules (migration 0004 enforces them for the app role; every method here also
 that the answer is the contract's error rather than a policy violation):
 
 - readable: own collections, granted ones, and ``family``/``public`` ones (the library);
-- ``read`` < ``write`` < ``owner``; the creator owns its collection for good; only an owner
-  grants, revokes, lists grants, changes or deletes;
+- ``read`` < ``write`` < ``owner`` (``_knowledge_rules``, shared with SQLite); the creator owns
+  its collection for good (granting to or revoking it is a ValidationError, so a collection is
+  never left without an owner); only an owner grants, revokes, lists grants, changes or deletes;
 - a grant names one agent (the agent-id rule), so there are no wildcard grants, and nobody
   becomes an owner but through an owner's grant, so an orphaned collection cannot be claimed;
 - a collection this agent cannot read is not found (None / ``NotFoundError``); one it can read
@@ -18,27 +19,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._ids import uuid7
 from ._canonical import canonical_json, check_choice, check_optional_text, check_text, now_utc
-from ._errors import NotFoundError, ValidationError
+from ._errors import NotFoundError
+from ._knowledge_rules import (
+    COLLECTION_VISIBILITIES,
+    RANK,
+    check_grantee,
+    creator_is_permanent,
+)
 from ._models import (
-    MAX_TEXT_CHARS,
+    MAX_SUMMARY_CHARS,
     PERMISSIONS,
     CollectionVisibility,
     KnowledgeCollection,
     KnowledgeGrant,
     Permission,
 )
-from ._pg_checks import MAX_NAME_CHARS, affected, agent_ref, new_id, ref_id
+from ._pg_checks import MAX_NAME_CHARS, affected, ref_id
 from ._pg_core import Scope
-from ._pg_knowledge_docs import RANK, KnowledgeDocuments, require
+from ._pg_knowledge_docs import KnowledgeDocuments, require
 from ._pg_rows import (
     COLLECTION_COLUMNS,
     GRANT_COLUMNS,
     collection as collection_row,
     grant as grant_row,
 )
-
-COLLECTION_VISIBILITIES: tuple[CollectionVisibility, ...] = ("private", "family", "public")
+from ._rules import check_given_id
 
 _GRANT = f"""
 INSERT INTO knowledge_collection_grants AS kg
@@ -72,21 +79,6 @@ ORDER BY kc.name COLLATE "C", kc.id COLLATE "C"
 """
 
 
-def check_grantee(agent_id: object) -> str:
-    """One agent by the agent-id rule, and not one that reads like a pattern: ``_`` and ``.``
-    are legal in agent ids but wildcards of LIKE / regular expressions on their own.
-
-    Raises: ValidationError.
-    """
-    grantee = agent_ref(agent_id, "agent_id")
-    if not any(c.isalnum() for c in grantee):
-        raise ValidationError(
-            f"{grantee!r} is not an agent: a grant names one agent (no wildcards); to share with "
-            'every agent, create the collection with visibility "family" or "public"'
-        )
-    return grantee
-
-
 class PgKnowledge(KnowledgeDocuments):
     """:class:`~agentbus.storage.KnowledgeStore` for one agent (from ``PgAdapter.for_agent``)."""
 
@@ -105,8 +97,9 @@ class PgKnowledge(KnowledgeDocuments):
         Raises: ValidationError (bad value, an id already taken).
         """
         values = (
-            new_id(id), self._agent, check_text("name", name, max_chars=MAX_NAME_CHARS),
-            check_optional_text("description", description, max_chars=MAX_TEXT_CHARS),
+            uuid7() if id is None else check_given_id(id), self._agent,
+            check_text("name", name, max_chars=MAX_NAME_CHARS),
+            check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),
             check_choice("visibility", visibility, COLLECTION_VISIBILITIES),
             canonical_json(metadata), now_utc(),
         )  # fmt: skip
@@ -170,10 +163,7 @@ class PgKnowledge(KnowledgeDocuments):
         async with self._scope.tx("granting a permission") as conn:
             _, owner = await require(conn, self._agent, collection_id, "owner", "granting")
             if grantee == owner:
-                raise ValidationError(
-                    f"agent {grantee!r} created collection {collection_id} and owns it for good; "
-                    "its permission cannot be changed"
-                )
+                raise creator_is_permanent(collection_id, owner)
             row = await conn.fetchrow(
                 _GRANT, collection_id, grantee, permission, self._agent, now_utc()
             )
@@ -183,12 +173,15 @@ class PgKnowledge(KnowledgeDocuments):
     async def revoke(self, collection_id: str, agent_id: str) -> bool:
         """Remove ``agent_id``'s grant: True if it had one (owners only).
 
-        Raises: NotFoundError, PermissionDeniedError, ValidationError.
+        Raises: NotFoundError, PermissionDeniedError, ValidationError (an invalid agent id, the
+        collection's creator, who owns it for good).
         """
         collection_id = ref_id(collection_id, "collection_id")
         grantee = check_grantee(agent_id)
         async with self._scope.tx("revoking a permission") as conn:
-            await require(conn, self._agent, collection_id, "owner", "revoking")
+            _, owner = await require(conn, self._agent, collection_id, "owner", "revoking")
+            if grantee == owner:
+                raise creator_is_permanent(collection_id, owner)
             status = await conn.execute(
                 "DELETE FROM knowledge_collection_grants kg"
                 " WHERE kg.collection_id = $1 AND kg.agent_id = $2",

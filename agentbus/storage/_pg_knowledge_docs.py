@@ -15,8 +15,10 @@ from typing import Any
 
 from pgvector import Vector
 
+from .._ids import uuid7
 from ._canonical import canonical_json, check_text, chunk_text, content_hash, now_utc
 from ._errors import NotFoundError, PermissionDeniedError, ValidationError
+from ._knowledge_rules import RANK, check_embeddings
 from ._models import (
     MAX_TEXT_CHARS,
     MAX_TITLE_CHARS,
@@ -25,13 +27,11 @@ from ._models import (
     Permission,
     SearchMode,
 )
-from ._pg_checks import affected, new_id, offset as check_offset, ref_id, vector
+from ._pg_checks import affected, offset as check_offset, ref_id, vector
 from ._pg_core import Conn, Scope
 from ._pg_knowledge_search import search_chunks
 from ._pg_rows import DOCUMENT_COLUMNS, document as document_row
-from ._rules import check_limit
-
-RANK: dict[str, int] = {"read": 1, "write": 2, "owner": 3}
+from ._rules import check_given_id, check_limit
 
 _INSERT_CHUNKS = """
 INSERT INTO knowledge_chunks (id, document_id, collection_id, agent_id, chunk_index, content,
@@ -56,7 +56,7 @@ async def require(
     )
     if row is None or not row["readable"] or row["owner"] is None:
         raise NotFoundError(f"collection {collection_id} not found")
-    held: str = row["permission"] or "read"
+    held: Permission = row["permission"] or "read"
     if RANK[held] < RANK[needed]:
         raise PermissionDeniedError(
             f"agent {agent!r} may {held} collection {collection_id}; {action} needs {needed} "
@@ -89,7 +89,8 @@ class KnowledgeDocuments:
         content = check_text("content", content, max_chars=MAX_TEXT_CHARS)
         chunks = chunk_text(content)
         vectors = self._vectors(embeddings, len(chunks))
-        document_id, meta, now = new_id(id), canonical_json(metadata), now_utc()
+        document_id = uuid7() if id is None else check_given_id(id)
+        meta, now = canonical_json(metadata), now_utc()
         async with self._scope.tx("ingesting a document") as conn:
             await require(conn, self._agent, collection_id, "write", "ingesting a document")
             row = await conn.fetchrow(
@@ -108,17 +109,10 @@ class KnowledgeDocuments:
     def _vectors(
         self, embeddings: Sequence[Sequence[float]] | None, chunks: int
     ) -> list[Vector | None]:
-        if embeddings is None:
+        checked = check_embeddings(embeddings, chunks, self._dim)
+        if checked is None:
             return [None] * chunks
-        if isinstance(embeddings, (str, bytes)):
-            raise ValidationError("embeddings must be a sequence of vectors, one per chunk")
-        vectors: list[Vector | None] = [vector(value, self._dim) for value in embeddings]
-        if len(vectors) != chunks:
-            raise ValidationError(
-                f"the content makes {chunks} chunks (chunk_text) but {len(vectors)} embeddings "
-                "were given; pass one per chunk, in order"
-            )
-        return vectors
+        return [Vector(value) for value in checked]
 
     async def get_document(self, document_id: str) -> KnowledgeDocument | None:
         """None when it does not exist or its collection is not readable by this agent."""

@@ -52,6 +52,7 @@ from ._pg_core import Conn, Scope
 from ._pg_memory_links import MemoryLinks
 from ._pg_rows import ITEM_COLUMNS, RESOURCE_COLUMNS, item as item_row, resource as resource_row
 from ._pg_search import search_items
+from ._pg_stats import read_stats
 from ._rules import check_limit
 
 Embedding = Sequence[float]
@@ -329,24 +330,7 @@ class PgMemory(MemoryLinks):
         )  # fmt: skip
 
     async def get_stats(self) -> MemoryStats:
-        """Counts of this agent's own rows."""
+        """Counts of this agent's own rows, and of the knowledge it may read (see
+        ``MemoryStats``)."""
         async with self._scope.tx("counting memory") as conn:
-            row = await conn.fetchrow(_STATS, self._agent)
-        assert row is not None
-        return MemoryStats(**dict(row.items()))
-
-
-_STATS = """
-SELECT
-    (SELECT count(*) FROM memory_items WHERE agent_id = $1) AS items,
-    (SELECT count(*) FROM memory_items WHERE agent_id = $1 AND embedding IS NOT NULL)
-        AS embedded_items,
-    (SELECT coalesce(jsonb_object_agg(s.memory_type, s.n), '{}'::jsonb) FROM (
-        SELECT memory_type, count(*) AS n FROM memory_items WHERE agent_id = $1
-        GROUP BY memory_type) s) AS by_type,
-    (SELECT count(*) FROM resources WHERE agent_id = $1) AS resources,
-    (SELECT count(*) FROM categories WHERE agent_id = $1) AS categories,
-    (SELECT count(*) FROM entities WHERE agent_id = $1) AS entities,
-    (SELECT count(*) FROM reflections WHERE agent_id = $1) AS reflections,
-    (SELECT count(*) FROM lessons WHERE agent_id = $1) AS lessons
-"""
+            return await read_stats(conn, self._agent)

@@ -23,12 +23,12 @@ from .._errors import ConfigError
 from ._canonical import canonical_json, check_text, now_utc
 from ._crypto import MasterKey, SealedSecret, rewrap, seal, unseal
 from ._errors import NotFoundError
-from ._models import MAX_TEXT_CHARS, ServiceKeyInfo
+from ._models import ServiceKeyInfo
 from ._pg_checks import MAX_NAME_CHARS, affected, new_id
 from ._pg_core import Conn, Scope
 from ._pg_errors import map_pg_errors
 from ._pg_rows import SERVICE_KEY_COLUMNS, service_key as service_key_row
-from ._secret import SecretValue
+from ._secret import SecretValue, check_secret
 
 _SEALED = "sk.key_id, sk.wrapped_key, sk.key_nonce, sk.nonce, sk.ciphertext"
 
@@ -69,7 +69,7 @@ class PgServiceKeys:
         self, name: str, secret: str, *, metadata: str | None, replace: bool
     ) -> ServiceKeyInfo:
         name = check_text("name", name, max_chars=MAX_NAME_CHARS)
-        secret = check_text("secret", secret, max_chars=MAX_TEXT_CHARS)
+        secret = check_secret(secret)
         master = await self._scope.core.master_key()
         async with self._scope.tx("storing a service key") as conn:
             while True:  # at most twice: a concurrent first put makes the row we then update

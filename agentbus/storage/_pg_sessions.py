@@ -125,7 +125,7 @@ class PgFeedback:
         values = (
             new_id(), self._agent, check_text("session_id", session_id, max_chars=MAX_NAME_CHARS),
             check_text("model", model, max_chars=MAX_NAME_CHARS),
-            check_optional_text("task", task, max_chars=MAX_TEXT_CHARS),
+            check_optional_text("task", task, max_chars=MAX_SUMMARY_CHARS),
             None if self_evaluation is None else check_unit("self_evaluation", self_evaluation),
             canonical_json(metadata), now_utc(),
         )  # fmt: skip
@@ -151,7 +151,7 @@ class PgFeedback:
         if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
             raise ValidationError(f"rating must be an integer from 1 to 5, got {rating!r}")
         feedback_id = ref_id(feedback_id, "feedback_id")
-        note = check_optional_text("comment", comment, max_chars=MAX_TEXT_CHARS)
+        note = check_optional_text("comment", comment, max_chars=MAX_SUMMARY_CHARS)
         async with self._scope.tx("rating model feedback") as conn:
             row = await conn.fetchrow(
                 "UPDATE model_feedback fb SET rating = $3, comment = $4, rated_at = $5"

@@ -8,6 +8,10 @@ never a leak. Views share the adapter's connections; closing a view does not clo
 
 Rules every backend follows (the contract suite checks them):
 - ids: UUIDv7 text from :func:`agentbus.uuid7`; a caller may pass ``id=`` (migration, backfill).
+  The Storage II stores (knowledge, service keys, observations, feedback, live candidates) take a
+  caller's new id only as a canonical lower-case UUID, and refuse an id to look up that is not
+  text, empty, longer than ``MAX_ID_CHARS`` or holding NUL (``ValidationError``); filters are
+  checked like the values they match.
 - ``list_*`` order: newest first (``created_at`` desc, then ``id`` desc), default limit 50,
   max 1000; tasks: priority rank (urgent first), then ``due_at`` (nulls last), then
   ``created_at``, then ``id``.
@@ -151,7 +155,10 @@ class MemoryStore(Protocol):
         """confidence = max(0, confidence - step)."""
         ...
 
-    async def get_stats(self) -> MemoryStats: ...
+    async def get_stats(self) -> MemoryStats:
+        """Counts of this agent's own rows (memory, service keys, observations, feedback, live
+        candidates by status) and of the knowledge it may read; see :class:`MemoryStats`."""
+        ...
 
 
 class TaskStore(Protocol):
@@ -254,12 +261,14 @@ class KnowledgeStore(Protocol):
     """Shared knowledge: collections with per-agent grants, documents in chunks, search.
 
     Readable collections: the agent's own, those it holds a grant on, and ``family``/``public``
-    ones (the shared library). Grants: ``read`` < ``write`` < ``owner`` (write implies read); the
-    creator is owner; only an owner grants or revokes, deletes the collection, or changes it;
-    there are no wildcard grants and no way to claim a collection whose owner is gone. A
-    collection the agent cannot read is not found; one it reads but may not change raises
-    ``PermissionDeniedError``. Search checks grants inside the query: the top k are computed over
-    permitted rows only, never filtered after ranking.
+    ones (the shared library). Grants: ``read`` < ``write`` < ``owner`` (write implies read).
+    The creator owns its collection for good: granting to, downgrading or revoking it is a
+    ``ValidationError``, so a collection never loses its last owner; owners granted later can be
+    revoked. Only an owner grants, revokes, lists the grants or deletes the collection; writers
+    and owners ingest and delete documents. There are no wildcard grants and no way to claim a
+    collection. A collection the agent cannot read is not found; one it reads but may not change
+    raises ``PermissionDeniedError``. Search checks grants inside the query: the top k are
+    computed over permitted rows only, never filtered after ranking.
     """
 
     async def create_collection(
@@ -281,8 +290,14 @@ class KnowledgeStore(Protocol):
     async def grant(
         self, collection_id: str, agent_id: str, permission: Permission
     ) -> KnowledgeGrant: ...
-    async def revoke(self, collection_id: str, agent_id: str) -> bool: ...
-    async def list_grants(self, collection_id: str) -> list[KnowledgeGrant]: ...
+    async def revoke(self, collection_id: str, agent_id: str) -> bool:
+        """Owners only; False when ``agent_id`` held no grant; the creator: ValidationError."""
+        ...
+
+    async def list_grants(self, collection_id: str) -> list[KnowledgeGrant]:
+        """Owners only (a reader or writer: PermissionDeniedError); the creator is not listed."""
+        ...
+
     async def ingest_document(
         self, collection_id: str, title: str, content: str, *,
         metadata: Mapping[str, Any] | None = None, embeddings: Sequence[Vector] | None = None,
@@ -296,7 +311,10 @@ class KnowledgeStore(Protocol):
     async def list_documents(
         self, collection_id: str, *, limit: int = 50, offset: int = 0
     ) -> list[KnowledgeDocument]: ...
-    async def delete_document(self, document_id: str) -> None: ...
+    async def delete_document(self, document_id: str) -> None:
+        """Write or owner permission on its collection needed, whoever ingested it."""
+        ...
+
     async def search(
         self, query: str, *, embedding: Vector | None = None, limit: int = 10,
         mode: SearchMode = "hybrid", collection_ids: Sequence[str] | None = None,
@@ -371,7 +389,8 @@ class LiveCandidateStore(Protocol):
         self, *, status: CandidateStatus | None = "pending", limit: int = 50
     ) -> list[LiveCandidate]: ...
     async def merge(self, candidate_id: str, *, into: str | None = None) -> LiveCandidate:
-        """Fold into an existing item (default: ``similar_item_id``), which is reinforced."""
+        """Fold into one of this agent's own items (default: ``similar_item_id``), which is
+        reinforced; another agent's item, even a visible one, is ``NotFoundError``."""
         ...
 
     async def promote(

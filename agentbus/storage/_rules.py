@@ -1,13 +1,17 @@
 """Rules shared by every backend, computed in Python so that backends cannot drift apart:
-Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions."""
+Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions, and
+the id checks of the Storage II stores."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ._models import DONE_STATUSES, RRF_K, TaskStatus
+from ._canonical import check_text
+from ._errors import ValidationError
+from ._models import DONE_STATUSES, MAX_ID_CHARS, RRF_K, TaskStatus
 
 
 def fuse_rrf(
@@ -62,8 +66,32 @@ def status_stamps(
 
 
 def check_limit(limit: int, *, maximum: int = 1000) -> int:
-    from ._errors import ValidationError
-
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
         raise ValidationError(f"limit must be an integer from 1 to {maximum}, got {limit!r}")
     return limit
+
+
+def check_ref(field: str, value: object) -> str:
+    """An id that names a row to look up: text, not empty, at most ``MAX_ID_CHARS``, no NUL.
+    Anything else is a ValidationError naming the field on every backend (a well-formed id that
+    names no visible row is "not found", as usual).
+    """
+    return check_text(field, value, max_chars=MAX_ID_CHARS)
+
+
+def check_optional_ref(field: str, value: object) -> str | None:
+    return None if value is None else check_ref(field, value)
+
+
+def check_given_id(value: object, field: str = "id") -> str:
+    """A caller-supplied id for a new row (backfill, migration): a UUID in canonical lower-case
+    text, so that every backend can hold the row under the same id.
+
+    Raises: ValidationError naming the field.
+    """
+    try:
+        if isinstance(value, str) and str(uuid.UUID(value)) == value:
+            return value
+    except ValueError:
+        pass
+    raise ValidationError(f"{field} must be a UUID in lower-case text (e.g. agentbus.uuid7())")

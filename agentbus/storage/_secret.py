@@ -1,6 +1,30 @@
-"""A secret value that does not show itself by accident (repr, str, logs, tracebacks)."""
+"""A secret value that does not show itself by accident (repr, str, logs, tracebacks), and the
+one rule for what every backend accepts as a secret."""
 
 from __future__ import annotations
+
+from ._errors import ValidationError
+from ._models import MAX_TEXT_CHARS
+
+
+def check_secret(secret: object) -> str:
+    """Any non-empty text up to ``MAX_TEXT_CHARS`` that encodes as UTF-8 (the value is sealed,
+    never stored as text, so whitespace and NUL are part of the secret). The messages never
+    show the value nor its length.
+
+    Raises: ValidationError.
+    """
+    if not isinstance(secret, str):
+        raise ValidationError(f"secret must be text, got {type(secret).__name__}")
+    if not secret:
+        raise ValidationError("secret must not be empty")
+    if len(secret) > MAX_TEXT_CHARS:
+        raise ValidationError(f"secret is longer than the limit of {MAX_TEXT_CHARS} characters")
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("secret is not valid Unicode text (a lone surrogate)") from None
+    return secret
 
 
 class SecretValue:

@@ -10,7 +10,8 @@ A candidate belongs to its agent alone and starts ``pending``; ``merge``, ``prom
 - ``promote`` creates the item exactly as ``memory.create_item`` does (the same summary already
   stored by this agent is reinforced instead: that item becomes ``resolved_item_id``).
 
-``similar_item_id`` must name an item this agent can see when the candidate is created.
+``similar_item_id`` must name an item this agent can see when the candidate is created. Both item
+ids stay as they were after that item is deleted: a candidate is a record of the decision.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .._ids import uuid7
 from ._canonical import (
     canonical_json,
     check_choice,
-    check_optional_text,
     check_text,
     check_unit,
     now_utc,
@@ -32,13 +32,12 @@ from ._canonical import (
 from ._errors import NotFoundError, ValidationError
 from ._models import (
     MAX_SUMMARY_CHARS,
-    MAX_TITLE_CHARS,
     CandidateStatus,
     LiveCandidate,
     MemoryItem,
     Visibility,
 )
-from ._rules import check_limit
+from ._rules import check_limit, check_optional_ref, check_ref
 from ._sqlite_codec import one, parse_ts, ts, visible_sql
 from ._sqlite_db import Database, Scoped
 from ._sqlite_memory import ItemOps
@@ -85,7 +84,7 @@ class SQLiteLiveCandidateStore(Scoped):
             uuid7(),
             self._agent,
             check_text("summary", summary, max_chars=MAX_SUMMARY_CHARS),
-            check_optional_text("similar_item_id", similar_item_id, max_chars=MAX_TITLE_CHARS),
+            check_optional_ref("similar_item_id", similar_item_id),
             None if similarity is None else check_unit("similarity", similarity),
             "pending",
             None,
@@ -132,8 +131,7 @@ class SQLiteLiveCandidateStore(Scoped):
 
         Raises: NotFoundError (candidate or item), ValidationError (not pending, no target).
         """
-        if into is not None:
-            check_text("into", into, max_chars=MAX_TITLE_CHARS)
+        check_optional_ref("into", into)
 
         def resolve(conn: sqlite3.Connection, candidate: LiveCandidate, now: str) -> MemoryItem:
             target = into or candidate.similar_item_id
@@ -171,6 +169,8 @@ class SQLiteLiveCandidateStore(Scoped):
         self, candidate_id: str, status: CandidateStatus,
         resolve: Callable[[sqlite3.Connection, LiveCandidate, str], MemoryItem] | None,
     ) -> LiveCandidate:  # fmt: skip
+        check_ref("candidate_id", candidate_id)
+
         def write(conn: sqlite3.Connection) -> LiveCandidate:
             row = conn.execute(
                 f"SELECT {COLUMNS} FROM live_candidates WHERE id = ? AND agent_id = ?",

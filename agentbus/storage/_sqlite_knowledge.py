@@ -1,26 +1,26 @@
 """SQLite knowledge store: collections and their grants (documents and search live beside it).
 
-Rules (see ``_sqlite_knowledge_acl`` for how they are checked):
+Rules (``_knowledge_rules``, shared with PostgreSQL; ``_sqlite_knowledge_acl`` checks them):
 
-- The creator of a collection owns it for good (``owner``; it holds no grant row, and its
-  permission cannot be granted or revoked).
+- The creator of a collection owns it for good (``owner``; it holds no grant row, and granting
+  to or revoking it is a ValidationError), so a collection is never left without an owner.
 - Only an owner (the creator, or an agent granted ``owner``) grants, changes a grant, revokes,
   lists the grants, or deletes the collection. ``write`` implies ``read``. A grant names one
   agent: no wildcards, nor ids that read like patterns (``_``, ``.``).
-- Nobody can claim a collection whose owner is gone: every grant comes from an owner, and an
-  agent without ``owner`` cannot raise its own permission.
+- Nobody can claim a collection: every grant comes from an owner, and an agent without
+  ``owner`` cannot raise its own permission.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any
 
-from .._errors import InvalidAgentIdError
-from .._ids import validate_agent_id
+from .._ids import uuid7
 from ._canonical import canonical_json, check_choice, check_optional_text, check_text, now_utc
-from ._errors import NotFoundError, ValidationError
+from ._errors import NotFoundError
+from ._knowledge_rules import COLLECTION_VISIBILITIES, check_grantee, creator_is_permanent
 from ._models import (
     MAX_SUMMARY_CHARS,
     MAX_TITLE_CHARS,
@@ -30,7 +30,8 @@ from ._models import (
     KnowledgeGrant,
     Permission,
 )
-from ._sqlite_codec import new_or_given_id, ts
+from ._rules import check_given_id, check_ref
+from ._sqlite_codec import ts
 from ._sqlite_knowledge_acl import (
     COLLECTION_COLUMNS,
     COLLECTION_FROM,
@@ -44,27 +45,6 @@ from ._sqlite_knowledge_acl import (
 from ._sqlite_knowledge_docs import DocumentOps
 from ._sqlite_knowledge_search import KnowledgeSearchOps
 
-COLLECTION_VISIBILITIES: tuple[CollectionVisibility, ...] = get_args(CollectionVisibility)
-
-
-def check_grantee(agent_id: object) -> str:
-    """One agent by the agent-id rule, and not one that reads like a pattern: ``_`` and ``.``
-    are legal in agent ids but wildcards of LIKE / regular expressions on their own.
-
-    Raises: ValidationError.
-    """
-    if isinstance(agent_id, str) and (
-        any(c in agent_id for c in "*%?") or not any(c.isalnum() for c in agent_id)
-    ):
-        raise ValidationError(
-            f"{agent_id!r} is not an agent: grants name one agent each (no wildcards); to share "
-            'with every agent, create the collection with visibility "family" or "public"'
-        )
-    try:
-        return validate_agent_id(agent_id)
-    except InvalidAgentIdError as exc:
-        raise ValidationError(f"agent_id: {exc}") from exc
-
 
 class CollectionOps(AccessOps):
     async def create_collection(
@@ -77,7 +57,7 @@ class CollectionOps(AccessOps):
         Raises: ValidationError (name, visibility, metadata, id taken).
         """
         collection = (
-            new_or_given_id(id),
+            uuid7() if id is None else check_given_id(id),
             self._agent,
             check_text("name", name, max_chars=MAX_TITLE_CHARS),
             check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),
@@ -97,7 +77,11 @@ class CollectionOps(AccessOps):
         return await self._db.write(write)
 
     async def get_collection(self, collection_id: str) -> KnowledgeCollection | None:
-        """The collection, or None when this agent cannot read it."""
+        """The collection, or None when this agent cannot read it.
+
+        Raises: ValidationError (a malformed id).
+        """
+        check_ref("collection_id", collection_id)
 
         def read(conn: sqlite3.Connection) -> KnowledgeCollection | None:
             try:
@@ -136,6 +120,7 @@ class CollectionOps(AccessOps):
 
         Raises: NotFoundError (not readable), PermissionDeniedError (not an owner).
         """
+        check_ref("collection_id", collection_id)
 
         def write(conn: sqlite3.Connection) -> None:
             self._require(conn, collection_id, "owner")
@@ -153,16 +138,14 @@ class CollectionOps(AccessOps):
         Raises: NotFoundError, PermissionDeniedError (not an owner), ValidationError (a
         wildcard or invalid agent id, an unknown permission, the collection's creator).
         """
+        check_ref("collection_id", collection_id)
         grantee = check_grantee(agent_id)
         permission = check_choice("permission", permission, PERMISSIONS)
 
         def write(conn: sqlite3.Connection) -> KnowledgeGrant:
             _, creator = self._require(conn, collection_id, "owner")
             if grantee == creator:
-                raise ValidationError(
-                    f"agent {grantee!r} created knowledge collection {collection_id} and owns it "
-                    "for good; its permission cannot be changed"
-                )
+                raise creator_is_permanent(collection_id, creator)
             row = conn.execute(
                 f"INSERT INTO knowledge_collection_grants ({GRANT_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection_id, agent_id) DO UPDATE SET"
@@ -175,15 +158,18 @@ class CollectionOps(AccessOps):
         return await self._db.write(write)
 
     async def revoke(self, collection_id: str, agent_id: str) -> bool:
-        """Remove ``agent_id``'s grant (owners only); False when it had none (the creator
-        never has one).
+        """Remove ``agent_id``'s grant (owners only); False when it had none.
 
-        Raises: NotFoundError, PermissionDeniedError, ValidationError (an invalid agent id).
+        Raises: NotFoundError, PermissionDeniedError, ValidationError (an invalid agent id, the
+        collection's creator, who owns it for good).
         """
+        check_ref("collection_id", collection_id)
         grantee = check_grantee(agent_id)
 
         def write(conn: sqlite3.Connection) -> bool:
-            self._require(conn, collection_id, "owner")
+            _, creator = self._require(conn, collection_id, "owner")
+            if grantee == creator:
+                raise creator_is_permanent(collection_id, creator)
             cursor = conn.execute(
                 "DELETE FROM knowledge_collection_grants WHERE collection_id = ? AND agent_id = ?",
                 (collection_id, grantee),
@@ -195,8 +181,10 @@ class CollectionOps(AccessOps):
     async def list_grants(self, collection_id: str) -> list[KnowledgeGrant]:
         """The collection's grants by agent id (owners only; the creator has none).
 
-        Raises: NotFoundError, PermissionDeniedError.
+        Raises: NotFoundError (not readable), PermissionDeniedError (readable, not an owner),
+        ValidationError (a malformed id).
         """
+        check_ref("collection_id", collection_id)
 
         def read(conn: sqlite3.Connection) -> list[KnowledgeGrant]:
             self._require(conn, collection_id, "owner")

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from ._canonical import parse_json
 from ._errors import NotFoundError, PermissionDeniedError
+from ._knowledge_rules import RANK
 from ._models import (
     CollectionVisibility,
     KnowledgeCollection,
@@ -25,7 +26,6 @@ from ._models import (
 from ._sqlite_codec import parse_ts
 from ._sqlite_db import Scoped
 
-RANK: dict[Permission, int] = {"read": 1, "write": 2, "owner": 3}
 LIBRARY = "('family', 'public')"
 
 PERMITTED_SQL = (

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from numbers import Number
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from ._canonical import canonical_json, check_text, check_vector, chunk_text, now_utc, parse_json
-from ._errors import ValidationError
+from .._ids import uuid7
+from ._canonical import canonical_json, check_text, chunk_text, now_utc, parse_json
+from ._knowledge_rules import check_embeddings
 from ._models import (
     CHUNK_CHARS,
     CHUNK_OVERLAP,
@@ -26,8 +23,8 @@ from ._models import (
     KnowledgeDocument,
 )
 from ._protocol import Vector
-from ._rules import check_limit
-from ._sqlite_codec import new_or_given_id, parse_ts, ts, vector_blob
+from ._rules import check_given_id, check_limit, check_ref
+from ._sqlite_codec import parse_ts, ts, vector_blob
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
 from ._sqlite_memory import check_offset
 
@@ -47,30 +44,6 @@ def document_from_row(row: Sequence[Any]) -> KnowledgeDocument:
     )
 
 
-def check_embeddings(
-    embeddings: Sequence[Vector] | None, chunks: int, dim: int
-) -> list[npt.NDArray[np.float32]] | None:
-    """One vector per chunk, in order.
-
-    Raises: ValidationError (not a list of vectors, wrong count), DimensionMismatchError.
-    """
-    if embeddings is None:
-        return None
-    if isinstance(embeddings, (str, bytes)) or not hasattr(embeddings, "__len__"):
-        raise ValidationError("embeddings must be a list of vectors, one per chunk")
-    if len(embeddings) and isinstance(embeddings[0], Number):
-        raise ValidationError(
-            f"embeddings must be a list of vectors, one per chunk (this document has {chunks} "
-            "chunk(s)); got a single vector: wrap it in a list"
-        )
-    if len(embeddings) != chunks:
-        raise ValidationError(
-            f"embeddings has {len(embeddings)} vector(s) but the document has {chunks} "
-            "chunk(s): embed each text of chunk_text(content), in order"
-        )
-    return [check_vector(vector, dim) for vector in embeddings]
-
-
 class DocumentOps(AccessOps):
     async def ingest_document(
         self, collection_id: str, title: str, content: str, *,
@@ -84,7 +57,8 @@ class DocumentOps(AccessOps):
         Raises: NotFoundError (collection not readable), PermissionDeniedError (no write
         permission), ValidationError (bad field, embedding count), DimensionMismatchError.
         """
-        document_id = new_or_given_id(id)
+        check_ref("collection_id", collection_id)
+        document_id = uuid7() if id is None else check_given_id(id)
         check_text("title", title, max_chars=MAX_TITLE_CHARS)
         check_text("content", content, max_chars=MAX_TEXT_CHARS)
         meta = canonical_json(metadata)
@@ -116,7 +90,11 @@ class DocumentOps(AccessOps):
         return await self._db.write(write)
 
     async def get_document(self, document_id: str) -> KnowledgeDocument | None:
-        """The document, or None when its collection is not readable by this agent."""
+        """The document, or None when its collection is not readable by this agent.
+
+        Raises: ValidationError (a malformed id).
+        """
+        check_ref("document_id", document_id)
 
         def read(conn: sqlite3.Connection) -> KnowledgeDocument | None:
             row = conn.execute(
@@ -133,8 +111,9 @@ class DocumentOps(AccessOps):
     ) -> list[KnowledgeDocument]:
         """A readable collection's documents, newest first.
 
-        Raises: NotFoundError (collection not readable).
+        Raises: NotFoundError (collection not readable), ValidationError.
         """
+        check_ref("collection_id", collection_id)
         check_limit(limit)
         check_offset(offset)
 
@@ -150,10 +129,13 @@ class DocumentOps(AccessOps):
         return await self._db.read(read)
 
     async def delete_document(self, document_id: str) -> None:
-        """Delete a document and its chunks (write permission on its collection needed).
+        """Delete a document and its chunks: ``write`` (or ``owner``) on its collection needed,
+        whoever ingested it.
 
-        Raises: NotFoundError (no such readable document), PermissionDeniedError.
+        Raises: NotFoundError (no such readable document), PermissionDeniedError (a reader),
+        ValidationError (a malformed id).
         """
+        check_ref("document_id", document_id)
 
         def write(conn: sqlite3.Connection) -> None:
             collection_id = self._document_collection(conn, document_id)

@@ -25,7 +25,7 @@ from ._canonical import check_choice, check_text, check_vector
 from ._errors import ValidationError
 from ._models import MAX_TEXT_CHARS, KnowledgeHit, SearchMode
 from ._protocol import Vector
-from ._rules import check_limit, fuse_rrf
+from ._rules import check_limit, check_ref, fuse_rrf
 from ._sqlite_chunk_vectors import chunk_ref
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
 from ._sqlite_search import SEARCH_MODES, branch_size, fts_query
@@ -36,9 +36,9 @@ Ranked = list[tuple[str, int, float]]  # (chunk ref, chunk key, score), best fir
 def check_collection_ids(collection_ids: Sequence[str] | None) -> list[str] | None:
     if collection_ids is None:
         return None
-    if isinstance(collection_ids, str) or not all(isinstance(c, str) for c in collection_ids):
-        raise ValidationError("collection_ids must be a list of collection ids")
-    return list(dict.fromkeys(collection_ids))
+    if isinstance(collection_ids, str):
+        raise ValidationError("collection_ids must be a list of collection ids, not one string")
+    return list(dict.fromkeys(check_ref("collection_ids", value) for value in collection_ids))
 
 
 class KnowledgeSearchOps(AccessOps):

@@ -56,6 +56,7 @@ from ._sqlite_db import Scoped
 from ._sqlite_graph import GraphOps
 from ._sqlite_notes import NoteOps
 from ._sqlite_search import SearchOps
+from ._sqlite_stats import read_stats
 
 _INSERT_ITEM = (
     "INSERT INTO memory_items (id, agent_id, summary, memory_type, visibility, team_id,"
@@ -306,35 +307,9 @@ class ItemOps(Scoped):
         await self._db.write(write)
 
     async def get_stats(self) -> MemoryStats:
-        """Counts of this agent's own rows."""
-
-        def read(conn: sqlite3.Connection) -> MemoryStats:
-            me = (self._agent,)
-            by_type = dict(
-                conn.execute(
-                    "SELECT memory_type, count(*) FROM memory_items WHERE agent_id = ?"
-                    " GROUP BY memory_type ORDER BY memory_type",
-                    me,
-                ).fetchall()
-            )
-
-            def count(sql: str) -> int:
-                return int(one(conn, sql, me))
-
-            return MemoryStats(
-                items=sum(by_type.values()),
-                embedded_items=count(
-                    "SELECT count(*) FROM memory_items WHERE agent_id = ? AND embedding IS NOT NULL"
-                ),
-                by_type=by_type,
-                resources=count("SELECT count(*) FROM resources WHERE agent_id = ?"),
-                categories=count("SELECT count(*) FROM categories WHERE agent_id = ?"),
-                entities=count("SELECT count(*) FROM entities WHERE agent_id = ?"),
-                reflections=count("SELECT count(*) FROM reflections WHERE agent_id = ?"),
-                lessons=count("SELECT count(*) FROM lessons WHERE agent_id = ?"),
-            )
-
-        return await self._db.read(read)
+        """Counts of this agent's own rows, and of the knowledge it may read (see
+        ``MemoryStats``)."""
+        return await self._db.read(lambda conn: read_stats(conn, self._agent))
 
 
 class SQLiteMemoryStore(ItemOps, SearchOps, GraphOps, NoteOps):

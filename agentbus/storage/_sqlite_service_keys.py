@@ -23,9 +23,9 @@ from .._config import Config
 from .._errors import ConfigError
 from ._canonical import canonical_json, check_text, now_utc, parse_json
 from ._crypto import MasterKey, SealedSecret, rewrap, seal, unseal
-from ._errors import NotFoundError, SecretDecryptionError, StorageError, ValidationError
-from ._models import MAX_TEXT_CHARS, MAX_TITLE_CHARS, ServiceKeyInfo
-from ._secret import SecretValue
+from ._errors import NotFoundError, SecretDecryptionError, StorageError
+from ._models import MAX_TITLE_CHARS, ServiceKeyInfo
+from ._secret import SecretValue, check_secret
 from ._sqlite_codec import parse_ts, ts
 from ._sqlite_db import Database, Scoped
 
@@ -106,22 +106,6 @@ def _sealed(row: Sequence[Any]) -> SealedSecret:
     )  # fmt: skip
 
 
-def check_secret(secret: object) -> str:
-    """Refuse what cannot be stored, without ever putting the value (or its length) in the
-    message. Raises: ValidationError."""
-    if not isinstance(secret, str):
-        raise ValidationError(f"secret must be text, got {type(secret).__name__}")
-    if not secret:
-        raise ValidationError("secret must not be empty")
-    if len(secret) > MAX_TEXT_CHARS:
-        raise ValidationError(f"secret is longer than the limit of {MAX_TEXT_CHARS} characters")
-    try:
-        secret.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("secret is not valid Unicode text (a lone surrogate)") from None
-    return secret
-
-
 class SQLiteServiceKeyStore(Scoped):
     """One agent's secrets in SQLite (see the module docstring)."""
 
@@ -185,8 +169,10 @@ class SQLiteServiceKeyStore(Scoped):
     async def get(self, name: str) -> SecretValue | None:
         """The secret, or None when this agent has none of that name.
 
-        Raises: SecretDecryptionError (another master key, or the stored data was altered).
+        Raises: SecretDecryptionError (another master key, or the stored data was altered),
+        ValidationError (the name).
         """
+        check_text("name", name, max_chars=MAX_TITLE_CHARS)
 
         def read(conn: sqlite3.Connection) -> SecretValue | None:
             row = conn.execute(
@@ -216,7 +202,11 @@ class SQLiteServiceKeyStore(Scoped):
         return await self._db.read(read)
 
     async def delete(self, name: str) -> bool:
-        """True when a secret of that name was deleted."""
+        """True when a secret of that name was deleted.
+
+        Raises: ValidationError (the name).
+        """
+        check_text("name", name, max_chars=MAX_TITLE_CHARS)
 
         def write(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(

@@ -33,7 +33,7 @@ from ._models import (
     Observation,
     RatingResult,
 )
-from ._rules import check_limit
+from ._rules import check_limit, check_ref
 from ._sqlite_codec import opt_parse_ts, opt_ts, parse_ts, ts
 from ._sqlite_db import Scoped
 from ._sqlite_search import fts_query
@@ -122,15 +122,18 @@ class SQLiteObservationStore(Scoped):
     async def list_observations(
         self, *, session_id: str | None = None, kind: str | None = None, limit: int = 50
     ) -> list[Observation]:
-        """This agent's observations, newest first (``created_at`` desc, then ``id`` desc)."""
+        """This agent's observations, newest first (``created_at`` desc, then ``id`` desc).
+
+        Raises: ValidationError (a filter that ``record`` would refuse, the limit).
+        """
         check_limit(limit)
         where, params = "o.agent_id = ?", [self._agent]
         if session_id is not None:
             where += " AND o.session_id = ?"
-            params.append(session_id)
+            params.append(check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS))
         if kind is not None:
             where += " AND o.kind = ?"
-            params.append(kind)
+            params.append(check_text("kind", kind, max_chars=MAX_TITLE_CHARS))
 
         def read(conn: sqlite3.Connection) -> list[Observation]:
             rows = conn.execute(
@@ -212,6 +215,7 @@ class SQLiteFeedbackStore(Scoped):
 
         Raises: ValidationError, NotFoundError (no such record of this agent's).
         """
+        check_ref("feedback_id", feedback_id)
         check_rating(rating)
         check_optional_text("comment", comment, max_chars=MAX_SUMMARY_CHARS)
 
@@ -232,22 +236,29 @@ class SQLiteFeedbackStore(Scoped):
         return await self._db.write(write)
 
     async def latest(self, session_id: str) -> ModelFeedback | None:
-        """This agent's newest feedback record of the session, or None."""
+        """This agent's newest feedback record of the session, or None.
+
+        Raises: ValidationError (the session id).
+        """
+        check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS)
         found = await self.list_feedback(limit=1, session_id=session_id)
         return found[0] if found else None
 
     async def list_feedback(
         self, *, model: str | None = None, limit: int = 50, session_id: str | None = None
     ) -> list[ModelFeedback]:
-        """This agent's feedback, newest first (``created_at`` desc, then ``id`` desc)."""
+        """This agent's feedback, newest first (``created_at`` desc, then ``id`` desc).
+
+        Raises: ValidationError (a filter that ``record`` would refuse, the limit).
+        """
         check_limit(limit)
         where, params = "agent_id = ?", [self._agent]
         if model is not None:
             where += " AND model = ?"
-            params.append(model)
+            params.append(check_text("model", model, max_chars=MAX_TITLE_CHARS))
         if session_id is not None:
             where += " AND session_id = ?"
-            params.append(session_id)
+            params.append(check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS))
 
         def read(conn: sqlite3.Connection) -> list[ModelFeedback]:
             rows = conn.execute(

@@ -310,9 +310,9 @@ def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str
     if len(all_scores) > k:
         # Keep every row tied with the k-th score, so ties are broken by id, not by position.
         kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
-        chosen = np.flatnonzero(all_scores >= kth).tolist()
+        chosen: list[int] = np.flatnonzero(all_scores >= kth).tolist()
     else:
-        chosen = range(len(all_scores))
+        chosen = list(range(len(all_scores)))
     negated = (-all_scores[chosen]).tolist()  # (-score, id) tuples sort best first, ties by id
     ranked = sorted(zip(negated, [all_ids[i] for i in chosen], strict=True))[:k]
     return [(item_id, -negative) for negative, item_id in ranked]

@@ -10,6 +10,7 @@ import pytest
 
 from agentbus import uuid7
 from agentbus.storage._errors import NotFoundError, StorageError, ValidationError
+from agentbus.storage._models import MAX_ID_CHARS
 
 from ._stores import store
 from ._support import is_utc, is_uuid7, not_refused
@@ -71,6 +72,27 @@ async def test_invalid_candidates_are_refused(view: View) -> None:
         },
     ) == []  # fmt: skip
     assert await c.list_candidates(status=None) == []
+
+
+async def test_a_malformed_id_is_refused_by_every_call(view: View) -> None:
+    """An id that is empty, longer than MAX_ID_CHARS or holding NUL — of a candidate, a similar
+    item or a merge target — is a ValidationError, and the candidate stays pending."""
+    me = view()
+    c = lc(me)
+    pending = await c.create("a pending candidate")
+    for bad in ("", "x" * (MAX_ID_CHARS + 1), "a\x00b"):
+        problems = await not_refused(
+            ValidationError,
+            {
+                "create similar_item_id": lambda bad=bad: c.create("x", similar_item_id=bad),
+                "merge": lambda bad=bad: c.merge(bad),
+                "merge into": lambda bad=bad: c.merge(pending.id, into=bad),
+                "promote": lambda bad=bad: c.promote(bad),
+                "reject": lambda bad=bad: c.reject(bad),
+            },
+        )
+        assert problems == [], repr(bad)
+    assert [x.id for x in await c.list_candidates(status=None)] == [pending.id]
 
 
 async def test_candidates_are_listed_by_status_newest_first(view: View) -> None:
@@ -139,6 +161,79 @@ async def test_merge_needs_a_visible_target(view: View) -> None:
     assert (await other.memory.get_item(hidden.id)).reinforcement_count == (
         hidden.reinforcement_count
     )
+
+
+async def test_merge_folds_only_into_the_agents_own_item(view: View) -> None:
+    """Rule: merge() folds only into the calling agent's own item. Another agent's family,
+    public or team item — visible, and a valid similar_item_id — is no merge target: merging
+    into it (by default or with ``into``) raises NotFoundError like any mutation of a row the
+    agent does not own, reinforces nothing, and leaves the candidate pending for a merge into
+    the agent's own item."""
+    me, other = view("me"), view("other")
+    team = await other.teams.create_team("merge targets", members=[me.agent_id])
+    shared = {
+        visibility: await other.memory.create_item(
+            f"other's {visibility} memory", visibility=visibility,
+            team_id=team.id if visibility == "team" else None,
+        )
+        for visibility in ("family", "public", "team")
+    }  # fmt: skip
+    assert all([await me.memory.get_item(item.id) is not None for item in shared.values()])
+    candidate = await lc(me).create("a near duplicate", similar_item_id=shared["family"].id)
+    attempts = {"default (the similar item)": lambda: lc(me).merge(candidate.id)}
+    for visibility, item in shared.items():
+        attempts[f"into {visibility}"] = lambda item=item: lc(me).merge(candidate.id, into=item.id)
+    assert await not_refused(NotFoundError, attempts) == []
+    for item in shared.values():
+        assert (await other.memory.get_item(item.id)).reinforcement_count == (
+            item.reinforcement_count
+        )
+    assert [c.status for c in await lc(me).list_candidates()] == ["pending"]
+    own = await me.memory.create_item("my own memory")
+    merged = await lc(me).merge(candidate.id, into=own.id)
+    assert (merged.status, merged.resolved_item_id) == ("merged", own.id)
+    assert (await me.memory.get_item(own.id)).reinforcement_count == own.reinforcement_count + 1
+
+
+async def test_a_candidate_keeps_its_item_ids_after_the_item_is_deleted(view: View) -> None:
+    """A resolved candidate is a record of the decision: deleting the item it resembled and was
+    merged into, or the item it was promoted to, leaves similar_item_id and resolved_item_id as
+    they were (the ids then name nothing: get_item returns None)."""
+    me = view()
+    item = await me.memory.create_item("an item that will be deleted")
+    merged = await lc(me).merge(
+        (await lc(me).create("its near duplicate", similar_item_id=item.id)).id
+    )
+    promoted = await lc(me).promote((await lc(me).create("a fact that will be deleted")).id)
+    assert await me.memory.delete_item(item.id) is True
+    assert await me.memory.delete_item(promoted.resolved_item_id) is True
+    kept = {c.id: c for c in await lc(me).list_candidates(status=None)}
+    assert (kept[merged.id].similar_item_id, kept[merged.id].resolved_item_id) == (
+        item.id, item.id,
+    )  # fmt: skip
+    assert kept[promoted.id].resolved_item_id == promoted.resolved_item_id
+    assert await me.memory.get_item(item.id) is None
+
+
+async def test_get_stats_counts_candidates_by_status(view: View) -> None:
+    """get_stats().live_candidates counts the agent's own candidates by status, every status
+    present (0 when none): a fresh agent has all zeros, and creating, merging, promoting and
+    rejecting move exactly one count each; another agent's candidates never count."""
+    me, other = view("me"), view("other")
+    zeros = {"pending": 0, "merged": 0, "promoted": 0, "rejected": 0}
+    assert (await me.memory.get_stats()).live_candidates == zeros
+    item = await me.memory.create_item("the memory merged into")
+    made = [await lc(me).create(f"stats candidate {i}") for i in range(5)]
+    await lc(other).create("someone else's candidate")
+    assert (await me.memory.get_stats()).live_candidates == {**zeros, "pending": 5}
+    await lc(me).merge(made[0].id, into=item.id)
+    await lc(me).promote(made[1].id)
+    await lc(me).reject(made[2].id)
+    await lc(me).reject(made[3].id)
+    stats = await me.memory.get_stats()
+    assert stats.live_candidates == {"pending": 1, "merged": 1, "promoted": 1, "rejected": 2}
+    assert stats.items == 2  # the item merged into, and the promoted one
+    assert (await other.memory.get_stats()).live_candidates == {**zeros, "pending": 1}
 
 
 async def test_promote_creates_a_memory_item(view: View) -> None:

@@ -28,9 +28,12 @@ from agentbus.storage._errors import (
 from agentbus.storage._models import (
     CHUNK_CHARS,
     CHUNK_OVERLAP,
+    MAX_ID_CHARS,
+    MAX_SUMMARY_CHARS,
     RRF_K,
     KnowledgeCollection,
     KnowledgeHit,
+    MemoryStats,
 )
 from agentbus.testing import PostgresServer
 
@@ -82,6 +85,30 @@ async def every_mode(
 # --- collections and ownership -----------------------------------------------------------------
 
 
+async def test_a_malformed_id_is_refused_by_every_call(view: View) -> None:
+    """An id that is not text, empty, longer than MAX_ID_CHARS or holding NUL is a
+    ValidationError for every call that takes one (a well-formed id of nothing is not found)."""
+    a = view("a")
+    k = kn(a)
+    for bad in ("", "x" * (MAX_ID_CHARS + 1), "a\x00b", 42):
+        problems = await not_refused(
+            ValidationError,
+            {
+                "get_collection": lambda bad=bad: k.get_collection(bad),
+                "delete_collection": lambda bad=bad: k.delete_collection(bad),
+                "grant": lambda bad=bad: k.grant(bad, "someone", "read"),
+                "revoke": lambda bad=bad: k.revoke(bad, "someone"),
+                "list_grants": lambda bad=bad: k.list_grants(bad),
+                "ingest_document": lambda bad=bad: k.ingest_document(bad, "t", "text"),
+                "get_document": lambda bad=bad: k.get_document(bad),
+                "list_documents": lambda bad=bad: k.list_documents(bad),
+                "delete_document": lambda bad=bad: k.delete_document(bad),
+                "search collection_ids": lambda bad=bad: k.search("x", collection_ids=[bad]),
+            },
+        )
+        assert problems == [], repr(bad)
+
+
 async def test_the_creator_owns_a_new_collection(view: View) -> None:
     """A new collection belongs to its creator (owner and permission 'owner'), is private by
     default with no documents, and is found by id and listed for read, write and owner."""
@@ -128,6 +155,15 @@ async def test_invalid_collections_and_documents_are_refused(view: View) -> None
             "empty content": lambda: k.ingest_document(c.id, "title", "   "),
             "NUL content": lambda: k.ingest_document(c.id, "title", "a\x00b"),
             "permission bogus": lambda: k.grant(c.id, b.agent_id, "admin"),
+            "long description": lambda: k.create_collection(
+                "x", description="d" * (MAX_SUMMARY_CHARS + 1)
+            ),
+            "collection id not a UUID": lambda: k.create_collection("x", id="runbooks"),
+            "collection id in upper case": lambda: k.create_collection("x", id=uuid7().upper()),
+            "document id not a UUID": lambda: k.ingest_document(c.id, "t", "text", id="doc-1"),
+            "one vector, not a list": lambda: k.ingest_document(
+                c.id, "t", "text", embeddings=as_list(vec())
+            ),
         },
     )
     assert problems == []
@@ -278,6 +314,121 @@ async def test_a_non_owner_cannot_grant_revoke_or_delete(view: View) -> None:
     assert other.agent_id not in grants
     assert await kn(other).get_collection(c.id) is None
     assert (await kn(a).get_collection(c.id)).document_count == 1
+
+
+async def test_only_owners_list_grants(view: View) -> None:
+    """Rule: list_grants is for owners only. The creator and an agent granted 'owner' list the
+    grants; a reader, a writer and a library reader get PermissionDeniedError (as when they
+    grant); an agent that cannot read the collection gets NotFoundError."""
+    a, co_owner, reader, writer, other = (
+        view(x) for x in ("a", "co-owner", "reader", "writer", "other")
+    )
+    c = await kn(a).create_collection("grant list")
+    library = await kn(a).create_collection("grant list library", visibility="public")
+    try:
+        await kn(a).grant(c.id, co_owner.agent_id, "owner")
+        await kn(a).grant(c.id, reader.agent_id, "read")
+        await kn(a).grant(c.id, writer.agent_id, "write")
+        expected = {co_owner.agent_id: "owner", reader.agent_id: "read", writer.agent_id: "write"}
+        for v in (a, co_owner):
+            grants = await kn(v).list_grants(c.id)
+            assert {g.agent_id: g.permission for g in grants} == expected, v.agent_id
+            assert [g.agent_id for g in grants] == sorted(expected), v.agent_id
+        problems = await not_refused(
+            PermissionDeniedError,
+            {
+                "reader": lambda: kn(reader).list_grants(c.id),
+                "writer": lambda: kn(writer).list_grants(c.id),
+                "library reader": lambda: kn(other).list_grants(library.id),
+            },
+        )
+        assert problems == []
+        assert await not_refused(
+            NotFoundError, {"no access": lambda: kn(other).list_grants(c.id)}
+        ) == []  # fmt: skip
+    finally:
+        await kn(a).delete_collection(library.id)
+
+
+async def test_the_creator_owns_its_collection_for_good(view: View) -> None:
+    """Rule: the creator is the collection's permanent owner. No owner — not a co-owner, not the
+    creator itself — can revoke, downgrade or re-grant it (ValidationError, and its permission
+    stays 'owner'); owners granted later are ordinary grants that an owner can revoke, and once
+    every one of them is gone the creator still owns the collection (it is never orphaned)."""
+    a, b, c_agent = view("a"), view("b"), view("c")
+    c = await kn(a).create_collection("kept for good")
+    await kn(a).grant(c.id, b.agent_id, "owner")
+    await kn(a).grant(c.id, c_agent.agent_id, "owner")
+    problems = await not_refused(
+        ValidationError,
+        {
+            "co-owner revokes the creator": lambda: kn(b).revoke(c.id, a.agent_id),
+            "co-owner downgrades the creator": lambda: kn(b).grant(c.id, a.agent_id, "read"),
+            "co-owner grants the creator write": lambda: kn(b).grant(c.id, a.agent_id, "write"),
+            "co-owner re-grants the creator": lambda: kn(b).grant(c.id, a.agent_id, "owner"),
+            "creator revokes itself": lambda: kn(a).revoke(c.id, a.agent_id),
+            "creator downgrades itself": lambda: kn(a).grant(c.id, a.agent_id, "read"),
+        },
+    )
+    assert problems == []
+    assert a.agent_id not in {g.agent_id for g in await kn(a).list_grants(c.id)}
+    assert (await kn(a).get_collection(c.id)).permission == "owner"
+
+    assert await kn(b).revoke(c.id, c_agent.agent_id) is True  # a co-owner revokes a co-owner
+    assert await kn(c_agent).get_collection(c.id) is None
+    assert await kn(a).revoke(c.id, b.agent_id) is True  # the creator revokes a co-owner
+    assert await kn(b).get_collection(c.id) is None
+    assert await kn(a).list_grants(c.id) == []
+    kept = await kn(a).get_collection(c.id)
+    assert (kept.owner, kept.permission) == (a.agent_id, "owner")
+    assert c.id in ids(await kn(a).list_collections(permission="owner"))
+    await kn(a).grant(c.id, b.agent_id, "read")  # and it still grants
+    assert (await kn(b).get_collection(c.id)).permission == "read"
+
+
+async def test_writers_and_owners_delete_documents_readers_cannot(view: View) -> None:
+    """Rule: delete_document needs write or owner on the collection, whoever ingested the
+    document: a writer, a granted owner and the creator delete; a reader and a library reader
+    get PermissionDeniedError and an agent without access NotFoundError, and after a refusal the
+    document is still there and searchable."""
+    a, co_owner, writer, reader, other = (
+        view(x) for x in ("a", "co-owner", "writer", "reader", "other")
+    )
+    term = word()
+    c = await kn(a).create_collection("deletable")
+    library = await kn(a).create_collection("deletable library", visibility="family")
+    try:
+        await kn(a).grant(c.id, co_owner.agent_id, "owner")
+        await kn(a).grant(c.id, writer.agent_id, "write")
+        await kn(a).grant(c.id, reader.agent_id, "read")
+        docs = [await kn(a).ingest_document(c.id, f"doc {i}", f"{term} doc {i}") for i in range(2)]
+        docs.append(await kn(writer).ingest_document(c.id, "writer's", f"{term} by the writer"))
+        shelved = await kn(a).ingest_document(library.id, "shelved", f"{term} on the shelf")
+
+        denied = await not_refused(
+            PermissionDeniedError,
+            {
+                "reader": lambda: kn(reader).delete_document(docs[0].id),
+                "library reader": lambda: kn(other).delete_document(shelved.id),
+            },
+        )
+        assert denied == []
+        assert await not_refused(
+            NotFoundError, {"no access": lambda: kn(other).delete_document(docs[0].id)}
+        ) == []  # fmt: skip
+        assert await kn(a).get_document(docs[0].id) == docs[0]
+        assert await kn(other).get_document(shelved.id) == shelved
+        found = await kn(a).search(term, mode="keyword", limit=50)
+        assert {d.id for d in docs} | {shelved.id} <= set(doc_ids(found))
+
+        await kn(writer).delete_document(docs[0].id)  # the owner's document
+        await kn(co_owner).delete_document(docs[2].id)  # the writer's document
+        await kn(a).delete_document(docs[1].id)
+        assert [await kn(a).get_document(d.id) for d in docs] == [None, None, None]
+        assert (await kn(a).get_collection(c.id)).document_count == 0
+        assert doc_ids(await kn(a).search(term, mode="keyword", limit=50)) == [shelved.id]
+    finally:
+        await kn(a).delete_collection(library.id)
 
 
 async def test_a_collection_the_agent_cannot_read_is_not_found(view: View) -> None:
@@ -434,6 +585,82 @@ async def test_deleting_a_collection_removes_its_documents_and_grants(view: View
     assert {g.agent_id for g in await kn(a).list_grants(c.id)} <= {a.agent_id}
     assert await kn(b).get_collection(c.id) is None
     assert await kn(a).search(term, mode="keyword", collection_ids=[c.id]) == []
+
+
+# --- get_stats --------------------------------------------------------------------------------
+
+KNOWLEDGE_STATS = (
+    "knowledge_collections", "knowledge_collections_writable", "knowledge_collections_owned",
+    "knowledge_documents", "knowledge_chunks", "knowledge_embedded_chunks",
+)  # fmt: skip
+
+
+def knowledge_change(before: MemoryStats, after: MemoryStats) -> dict[str, int]:
+    """How each knowledge count of get_stats() moved (the ones that did not move left out)."""
+    moved = {name: getattr(after, name) - getattr(before, name) for name in KNOWLEDGE_STATS}
+    return {name: change for name, change in moved.items() if change}
+
+
+async def test_get_stats_counts_the_knowledge_an_agent_may_read(view: View) -> None:
+    """get_stats() counts the collections an agent may read (its own, granted ones whatever the
+    permission, the library) and of those the writable and owned ones, with their documents,
+    chunks and embedded chunks — never a collection it cannot read; revoking a grant, deleting a
+    document and deleting a collection take exactly their share away, for every agent."""
+    me, stranger = view("me"), view("stranger")
+    owners = {x: view(f"owner-{x}") for x in ("read", "write", "owner", "library", "hidden")}
+    before, stranger_before = await me.memory.get_stats(), await stranger.memory.get_stats()
+
+    mine = await kn(me).create_collection("my stats")
+    content = long_text(word(), word(), paragraphs=4)
+    n = len(chunk_text(content))
+    long_doc = await kn(me).ingest_document(
+        mine.id, "long", content, embeddings=[as_list(vec()) for _ in range(n)]
+    )
+    await kn(me).ingest_document(mine.id, "short", "a short note without vectors")
+    granted = {}
+    for permission in ("read", "write", "owner"):
+        granted[permission] = await kn(owners[permission]).create_collection(permission)
+        await kn(owners[permission]).grant(granted[permission].id, me.agent_id, permission)
+    read_doc = await kn(owners["read"]).ingest_document(
+        granted["read"].id, "read", "granted text", embeddings=[as_list(vec())]
+    )
+    await kn(owners["write"]).ingest_document(granted["write"].id, "write", "plain text")
+    library = await kn(owners["library"]).create_collection("library", visibility="family")
+    try:
+        await kn(owners["library"]).ingest_document(
+            library.id, "shelved", "library text", embeddings=[as_list(vec())]
+        )
+        hidden = await kn(owners["hidden"]).create_collection("hidden")
+        await kn(owners["hidden"]).ingest_document(
+            hidden.id, "hidden", "unseen", embeddings=[as_list(vec())]
+        )
+        await kn(owners["hidden"]).grant(hidden.id, stranger.agent_id, "read")
+        await kn(owners["hidden"]).revoke(hidden.id, stranger.agent_id)
+
+        after = await me.memory.get_stats()
+        assert knowledge_change(before, after) == {
+            "knowledge_collections": 5,  # mine, read, write, owner, library
+            "knowledge_collections_writable": 3,  # mine, write, owner
+            "knowledge_collections_owned": 2,  # mine, owner
+            "knowledge_documents": 5,  # long, short, read, write, shelved
+            "knowledge_chunks": n + 4,
+            "knowledge_embedded_chunks": n + 2,  # long, read, shelved
+        }
+        assert knowledge_change(stranger_before, await stranger.memory.get_stats()) == {
+            "knowledge_collections": 1, "knowledge_documents": 1, "knowledge_chunks": 1,
+            "knowledge_embedded_chunks": 1,
+        }  # fmt: skip
+
+        await kn(owners["read"]).revoke(granted["read"].id, me.agent_id)
+        await kn(me).delete_document(long_doc.id)
+        assert knowledge_change(after, await me.memory.get_stats()) == {
+            "knowledge_collections": -1, "knowledge_documents": -2,
+            "knowledge_chunks": -(n + 1), "knowledge_embedded_chunks": -(n + 1),
+        }  # fmt: skip
+        assert await kn(me).get_document(read_doc.id) is None
+    finally:
+        await kn(owners["library"]).delete_collection(library.id)
+    assert knowledge_change(stranger_before, await stranger.memory.get_stats()) == {}
 
 
 # --- the shared library -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from agentbus.storage._models import ServiceKeyInfo
 from agentbus.storage._secret import SecretValue
 
 from ._stores import Raw, raw_for, sqlite_files, store
-from ._support import is_utc
+from ._support import is_utc, not_refused
 
 pytestmark = pytest.mark.anyio
 
@@ -185,6 +185,61 @@ async def test_invalid_service_keys_are_refused_without_showing_the_secret(view:
         shown += "".join(traceback.format_exception(raised.value))
         assert secret not in shown, label
     assert await sk(me).list_keys() == []
+
+
+async def test_any_non_empty_text_is_a_secret(view: View) -> None:
+    """A secret is any non-empty text (it is sealed, never stored as text): blank and NUL-holding
+    secrets round-trip; an empty secret, one that is not text or one that is not valid Unicode
+    is a ValidationError whose message shows neither the value nor its length."""
+    me = view()
+    for name, secret in {
+        "blank": "   \t ",
+        "with-nul": "abc\x00def",
+        "unicode": "päss-wörd-🔑",
+    }.items():
+        await sk(me).put(name, secret)
+        assert (await sk(me).get(name)).reveal() == secret, name
+    surrogate = f"{new_secret()}\ud800"
+    for label, value in {"empty": "", "bytes": b"raw", "surrogate": surrogate}.items():
+        with pytest.raises(ValidationError) as raised:
+            await sk(me).put(f"bad-{label}", value)
+        shown = str(raised.value) + repr(raised.value)
+        assert surrogate[:-1] not in shown, label
+        assert str(len(surrogate)) not in shown, label
+    assert {k.name for k in await sk(me).list_keys()} == {"blank", "with-nul", "unicode"}
+
+
+async def test_a_malformed_name_is_refused_by_every_call(view: View) -> None:
+    """A name that is empty, blank or holds NUL is a ValidationError for get, delete, put and
+    rotate alike."""
+    me = view()
+    for bad in ("", "   ", "a\x00b"):
+        problems = await not_refused(
+            ValidationError,
+            {
+                "get": lambda bad=bad: sk(me).get(bad),
+                "delete": lambda bad=bad: sk(me).delete(bad),
+                "put": lambda bad=bad: sk(me).put(bad, new_secret()),
+                "rotate": lambda bad=bad: sk(me).rotate(bad, new_secret()),
+            },
+        )
+        assert problems == [], repr(bad)
+
+
+async def test_get_stats_counts_service_keys(view: View) -> None:
+    """get_stats().service_keys counts the agent's secrets: a put of a new name adds one,
+    replacing or rotating adds none, delete takes one away; another agent's never count."""
+    me, other = view("me"), view("other")
+    assert (await me.memory.get_stats()).service_keys == 0
+    for name in ("one", "two", "three"):
+        await sk(me).put(name, new_secret())
+    await sk(me).put("one", new_secret())
+    await sk(me).rotate("two", new_secret())
+    await sk(other).put("one", new_secret())
+    assert (await me.memory.get_stats()).service_keys == 3
+    assert await sk(me).delete("three") is True
+    assert (await me.memory.get_stats()).service_keys == 2
+    assert (await other.memory.get_stats()).service_keys == 1
 
 
 # --- never shown --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from agentbus import uuid7
 from agentbus.storage._errors import NotFoundError, ValidationError
-from agentbus.storage._models import RatingResult
+from agentbus.storage._models import MAX_ID_CHARS, MAX_SUMMARY_CHARS, RatingResult
 
 from ._stores import store
 from ._support import is_utc, is_uuid7, not_refused
@@ -107,6 +107,25 @@ async def test_invalid_observations_are_refused(view: View) -> None:
     assert await o.list_observations(session_id=sid) == []
 
 
+async def test_a_filter_that_record_refuses_is_refused(view: View) -> None:
+    """list_observations, latest and list_feedback check their filters like record() checks
+    the values (empty, NUL): a ValidationError, never an empty answer on one backend and an
+    error on the other."""
+    me = view()
+    o, f = obs(me), fb(me)
+    for bad in ("", "  ", "a\x00b"):
+        problems = await not_refused(
+            ValidationError,
+            {
+                "observations by session": lambda bad=bad: o.list_observations(session_id=bad),
+                "observations by kind": lambda bad=bad: o.list_observations(kind=bad),
+                "latest feedback": lambda bad=bad: f.latest(bad),
+                "feedback by model": lambda bad=bad: f.list_feedback(model=bad),
+            },
+        )
+        assert problems == [], repr(bad)
+
+
 async def test_observations_are_listed_newest_first_and_filtered(view: View) -> None:
     """list_observations is newest first, filters by session and kind, and honours limit."""
     me = view()
@@ -153,6 +172,15 @@ async def test_observation_search_stems_like_memory_search(view: View) -> None:
     target = await obs(me).record(session(), "note", f"{word()} deployed the harbors build")
     for query in ("deploy harbor", "deploying harbors", "deploys"):
         assert target.id in {o.id for o in await obs(me).search(query, limit=50)}, query
+
+
+async def test_observation_search_breaks_ties_by_id(view: View) -> None:
+    """Observations that match equally well (the same summary) come back by id, ascending —
+    the tie rule of every search."""
+    me = view()
+    term = word()
+    made = [await obs(me).record(session(), "note", f"{term} the same words") for _ in range(4)]
+    assert [o.id for o in await obs(me).search(term)] == sorted(o.id for o in made)
 
 
 async def test_observation_search_honours_the_limit(view: View) -> None:
@@ -215,9 +243,21 @@ async def test_invalid_feedback_is_refused(view: View) -> None:
             "empty model": lambda: f.record(session(), ""),
             "empty session": lambda: f.record("", "m"),
             "metadata NaN": lambda: f.record(session(), "m", metadata={"x": float("inf")}),
+            "long task": lambda: f.record(session(), "m", task="t" * (MAX_SUMMARY_CHARS + 1)),
         },
     )
     assert problems == []
+    made = await f.record(session(), "m")
+    problems = await not_refused(
+        ValidationError,
+        {
+            "long comment": lambda: f.rate(made.id, 4, comment="c" * (MAX_SUMMARY_CHARS + 1)),
+            "empty id": lambda: f.rate("", 4),
+            "long id": lambda: f.rate("x" * (MAX_ID_CHARS + 1), 4),
+        },
+    )
+    assert problems == []
+    assert (await f.latest(made.session_id)).rating is None
 
 
 async def test_a_rating_is_set_once_and_a_second_call_says_so(view: View) -> None:
@@ -308,3 +348,30 @@ async def test_feedback_is_listed_newest_first_and_by_model(view: View) -> None:
     assert listed == [f.id for f in reversed(made)]
     assert [f.id for f in await fb(me).list_feedback(model="m-a")] == [made[2].id, made[0].id]
     assert [f.id for f in await fb(me).list_feedback(limit=2)] == [made[3].id, made[2].id]
+
+
+# --- get_stats ----------------------------------------------------------------------------------
+
+
+async def test_get_stats_counts_observations_and_feedback(view: View) -> None:
+    """get_stats() counts the agent's observations and their distinct sessions, its feedback
+    records and the rated ones (a refused second rating counts once); a fresh agent has zeros
+    and another agent's rows never count."""
+    me, other = view("me"), view("other")
+    fields = ("observations", "observation_sessions", "model_feedback", "rated_model_feedback")
+
+    def counts(stats: Any) -> tuple[int, ...]:
+        return tuple(getattr(stats, name) for name in fields)
+
+    assert counts(await me.memory.get_stats()) == (0, 0, 0, 0)
+    one, two = session(), session()
+    for sid in (one, one, two):
+        await obs(me).record(sid, "note", "counted")
+    await obs(other).record(one, "note", "not counted")
+    made = [await fb(me).record(sid, "m") for sid in (one, two, two)]
+    await fb(other).record(one, "m")
+    await fb(me).rate(made[0].id, 5)
+    await fb(me).rate(made[0].id, 1)  # refused: rated once
+    await fb(me).rate(made[2].id, 3)
+    assert counts(await me.memory.get_stats()) == (3, 2, 3, 2)
+    assert counts(await other.memory.get_stats()) == (1, 1, 1, 0)

@@ -135,10 +135,29 @@ async def test_raw_sql_keeps_owners_and_grantees_to_the_rules(
     postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any
 ) -> None:
     """Even the owner's raw SQL cannot hand the collection to another agent (agent_id is
-    immutable), grant a wildcard ('*', '_', '%'), or store an unknown permission; no agent can
-    create a collection in another agent's name."""
+    immutable), grant a wildcard ('*', '_', '%'), store an unknown permission, or give the
+    creator a grant row (which could then be revoked or downgraded) — neither the creator nor a
+    co-owner, by INSERT or by UPDATE; no agent can create a collection in another agent's
+    name."""
     a, b = (postgres_adapter.for_agent(new_agent(x)) for x in ("a", "b"))
     c = await a.knowledge.create_collection("kept")
+    await a.knowledge.grant(c.id, b.agent_id, "owner")
+    grant = "INSERT INTO knowledge_collection_grants VALUES ($1, $2, $3, $4, now())"
+    for granter in (a.agent_id, b.agent_id):
+        for permission in ("read", "owner"):
+            creator_grant = await refused(
+                app_conn, granter, grant, c.id, a.agent_id, permission, granter
+            )
+            assert creator_grant == DENIED, (granter, permission)
+    moved_grant = await refused(
+        app_conn, b.agent_id,
+        "UPDATE knowledge_collection_grants SET agent_id = $2, granted_by = $3"
+        " WHERE collection_id = $1 AND agent_id = $3",
+        c.id, a.agent_id, b.agent_id,
+    )  # fmt: skip
+    assert moved_grant == DENIED
+    assert [g.agent_id for g in await a.knowledge.list_grants(c.id)] == [b.agent_id]
+    await a.knowledge.revoke(c.id, b.agent_id)
     moved = await refused(
         app_conn, a.agent_id, "UPDATE knowledge_collections SET agent_id = $2 WHERE id = $1",
         c.id, b.agent_id,
@@ -548,29 +567,88 @@ async def test_storage_ii_migrations_refuse_tables_holding_foreign_rows(
         psql(postgres_server, "postgres", f"DROP DATABASE {database} WITH (FORCE)")
 
 
-async def test_merging_into_a_shared_item_reinforces_only_its_counters(
+async def test_raw_sql_resolves_a_candidate_only_to_an_own_item(
     postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any
 ) -> None:
-    """A candidate merged into another agent's family item reinforces it (through the SECURITY
-    DEFINER helper: the app role may not update that row) and changes nothing else of it; the
-    helper refuses an item the agent cannot see."""
+    """Merging folds only into the agent's own item, for raw SQL on the app role too (migration
+    0007): 0006's helper that reinforced any visible item is gone, another agent's family item
+    can be neither updated nor named as a candidate's resolved item (by UPDATE or INSERT), and
+    the agent's own item can."""
     a, b = (postgres_adapter.for_agent(new_agent(x)) for x in ("a", "b"))
-    shared = await b.memory.create_item("b's family memory", visibility="family",
-                                        embedding=as_list(unit(3)))  # fmt: skip
-    private = await b.memory.create_item("b's private memory")
+    shared = await b.memory.create_item("b's family memory", visibility="family")
+    own = await a.memory.create_item("a's own memory")
     candidate = await a.live_candidates.create("a near duplicate", similar_item_id=shared.id)
-    merged = await a.live_candidates.merge(candidate.id)
-    assert (merged.status, merged.resolved_item_id) == ("merged", shared.id)
-    after = await b.memory.get_item(shared.id)
-    assert after is not None
-    assert after.reinforcement_count == shared.reinforcement_count + 1
-    assert (after.summary, after.agent_id, after.visibility, after.has_embedding) == (
-        shared.summary, b.agent_id, "family", True,
-    )  # fmt: skip
+    helper = await refused(
+        app_conn, a.agent_id, "SELECT agentbus_reinforce_visible_item($1, now())", shared.id
+    )
+    assert helper == "UndefinedFunctionError"
     async with acting_as(app_conn, a.agent_id):
-        assert await app_conn.fetchval(
-            "SELECT agentbus_reinforce_visible_item($1, now())", private.id) is False  # fmt: skip
         assert await app_conn.execute(
             "UPDATE memory_items SET reinforcement_count = 99 WHERE id = $1", shared.id
         ) == "UPDATE 0"  # fmt: skip
-    assert await b.memory.get_item(private.id) == private
+    resolve = (
+        "UPDATE live_candidates SET status = 'merged', resolved_item_id = $2, updated_at = now()"
+        " WHERE id = $1"
+    )
+    assert await refused(app_conn, a.agent_id, resolve, candidate.id, shared.id) == DENIED
+    insert = (
+        "INSERT INTO live_candidates (id, agent_id, summary, status, resolved_item_id,"
+        " created_at, updated_at) VALUES (gen_random_uuid()::text, $1, 'forged', 'merged', $2,"
+        " now(), now())"
+    )
+    assert await refused(app_conn, a.agent_id, insert, a.agent_id, shared.id) == DENIED
+    assert await b.memory.get_item(shared.id) == shared
+    assert [c.status for c in await a.live_candidates.list_candidates(status=None)] == ["pending"]
+    assert await refused(app_conn, a.agent_id, resolve, candidate.id, own.id) == ""
+    assert await refused(app_conn, a.agent_id, insert, a.agent_id, own.id) == ""
+
+
+async def test_raw_sql_lets_only_writers_and_owners_delete_documents(
+    postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any
+) -> None:
+    """delete_document's rule holds for raw SQL on the app role: a reader, a library reader and
+    an agent without access delete no document and no chunk (DELETE 0, the rows stay); a writer
+    deletes the owner's document and a granted owner the writer's (with their chunks)."""
+    ids = {x: new_agent(x) for x in ("a", "reader", "writer", "co-owner", "other")}
+    a, writer = postgres_adapter.for_agent(ids["a"]), postgres_adapter.for_agent(ids["writer"])
+    c = await a.knowledge.create_collection("raw deletes")
+    library = await a.knowledge.create_collection("raw deletes library", visibility="public")
+    try:
+        for agent, permission in (("reader", "read"), ("writer", "write"), ("co-owner", "owner")):
+            await a.knowledge.grant(c.id, ids[agent], permission)
+        owners_doc = await a.knowledge.ingest_document(c.id, "owner's", "harbor " * 400)
+        writers_doc = await writer.knowledge.ingest_document(c.id, "writer's", "tide " * 400)
+        shelved = await a.knowledge.ingest_document(library.id, "shelved", "shelf " * 400)
+        assert owners_doc.chunk_count > 1
+
+        async def delete(agent: str, table: str, document_id: str) -> str:
+            column = "id" if table == "knowledge_documents" else "document_id"
+            async with acting_as(app_conn, agent):
+                status: str = await app_conn.execute(
+                    f"DELETE FROM {table} WHERE {column} = $1", document_id
+                )
+            return status
+
+        async def stored(document_id: str) -> int:
+            async with acting_as(app_conn, ids["a"]):
+                found: int = await app_conn.fetchval(
+                    "SELECT count(*) FROM knowledge_chunks WHERE document_id = $1", document_id
+                )
+            return found
+
+        for agent, document in (
+            ("reader", owners_doc), ("other", shelved), ("other", owners_doc),
+        ):  # fmt: skip
+            for table in ("knowledge_chunks", "knowledge_documents"):
+                assert await delete(ids[agent], table, document.id) == "DELETE 0", (agent, table)
+        assert await stored(owners_doc.id) == owners_doc.chunk_count
+        assert await stored(shelved.id) == shelved.chunk_count
+
+        # the document's chunks go with it (ON DELETE CASCADE)
+        assert await delete(ids["writer"], "knowledge_documents", owners_doc.id) == "DELETE 1"
+        assert await delete(ids["co-owner"], "knowledge_documents", writers_doc.id) == "DELETE 1"
+        assert (await stored(owners_doc.id), await stored(writers_doc.id)) == (0, 0)
+        assert await a.knowledge.get_document(owners_doc.id) is None
+        assert (await a.knowledge.get_collection(c.id)).document_count == 0
+    finally:
+        await a.knowledge.delete_collection(library.id)

@@ -51,7 +51,8 @@ async def test_a_repeated_search_is_answered_from_the_cache_with_the_same_hits(
     second = await memory.search_items("", embedding=vec(3), mode="vector", limit=5)
     assert cache.served_now == 1
     assert second == first
-    assert second[0].item.summary == "note 3" and second[0].vector_rank == 1
+    assert second[0].item.summary == "note 3"
+    assert second[0].vector_rank == 1
     assert second[0].score == pytest.approx(1.0, abs=1e-6)
     # Another agent's first search: with no shared rows its team membership cannot matter, so
     # it is answered from memory too.
