@@ -122,6 +122,7 @@ async def _two_agents(config: Config) -> None:
             await researcher.purge_dead_letters()
             await _presence_and_heartbeat(planner, researcher)
             await _shared_storage(planner, researcher)
+            await _shared_knowledge(planner, researcher)
             tg.cancel_scope.cancel()
 
 
@@ -163,6 +164,36 @@ async def _shared_storage(planner: AgentBus, researcher: AgentBus) -> None:
     for task in (summarise, fetch):
         await tasks.delete_task(task.id)
     await planner.storage.teams.disband_team(team.id)
+
+
+async def _shared_knowledge(planner: AgentBus, researcher: AgentBus) -> None:
+    """A collection shared by grant (checked inside the search), then a service key."""
+    kb = researcher.storage.knowledge
+    runbooks = await kb.create_collection(f"runbooks-{uuid7()[-8:]}")
+    await kb.ingest_document(
+        runbooks.id,
+        "Deploys",
+        "Deploys roll out in three waves. "
+        "Roll back with the release tool if the error rate doubles.",
+    )
+    query = "roll back release"
+
+    async def planner_sees() -> int:
+        return len(await planner.storage.knowledge.search(query, mode="keyword"))
+
+    _say(f"  knowledge: {researcher.agent_id} owns a collection; {planner.agent_id} finds "
+         f"{await planner_sees()} hits for '{query}'")  # fmt: skip
+    await kb.grant(runbooks.id, planner.agent_id, "read")
+    _say(f"  after grant(read): {await planner_sees()} hit(s)")
+    await kb.revoke(runbooks.id, planner.agent_id)
+    _say(f"  after revoke: {await planner_sees()} hits")
+    await kb.delete_collection(runbooks.id)
+    keys = planner.storage.service_keys
+    await keys.put("demo-token", "s3cr3t-value")
+    secret = await keys.get("demo-token")
+    _say(f"  service key stored AES-GCM encrypted; read back as {secret!r}, "
+         f"matches: {secret is not None and secret.reveal() == 's3cr3t-value'}")  # fmt: skip
+    await keys.delete("demo-token")
 
 
 async def _presence_and_heartbeat(planner: AgentBus, researcher: AgentBus) -> None:
@@ -225,5 +256,6 @@ def run_demo(config: Config) -> int:
     _say("two agents on the bus:")
     anyio.run(_two_agents, config)
     _say("done: mailboxes, requests, events, presence, locks and heartbeats on this Redis; "
-         f"memory, tasks and teams in {config.storage.sqlite.path}")  # fmt: skip
+         f"memory, tasks, teams, knowledge and service keys in "
+         f"{config.storage.sqlite.path}")  # fmt: skip
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ def test_demo_runs_on_the_embedded_default(
 ) -> None:  # fmt: skip
     """`agentbus demo` exchanges messages, shows presence/state/heartbeat and uses storage."""
     monkeypatch.delenv("AGENTBUS_CONFIG", raising=False)
+    # The demo stores a service key: a master key of the test's own, not one in ~/.agentbus.
+    monkeypatch.setenv("AGENTBUS_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "demo.db"
     assert cli_main(["--redis-url", redis_server.url, "--sqlite-path", str(db), "demo"]) == 0
@@ -30,6 +34,11 @@ def test_demo_runs_on_the_embedded_default(
     assert "online: demo-planner" in out
     assert "is now pending" in out
     assert "team broadcast to ['demo-researcher']" in out
+    assert "finds 0 hits for 'roll back release'" in out
+    assert "after grant(read): 1 hit(s)" in out
+    assert "after revoke: 0 hits" in out
+    assert "read back as SecretValue('***'), matches: True" in out
+    assert "s3cr3t-value" not in out
     assert db.exists()
 
 
