@@ -3,10 +3,12 @@ happens between a write and its reply (cancellation, a restart, a flushed script
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import anyio
 import pytest
+import redis.exceptions as redis_errors
 
 from agentbus.streams._direct_line import DirectLine
 from agentbus.streams._redis import make_client
@@ -78,20 +80,45 @@ async def test_the_line_reconnects_after_a_restart_and_reloads_a_flushed_script(
         await client.aclose()
 
 
-async def test_closing_the_line_gives_its_connection_back(
-    redis_server: RedisServer,
+async def test_the_line_keeps_a_connection_outside_the_pool_until_closed(
+    redis_server: RedisServer, namespace: str
 ) -> None:
-    """The client outlives the line: aclose() returns the kept connection to the pool, and
-    later calls go through the pool."""
+    """The line's connection is its own (the pool lends none to it) and is closed by aclose();
+    the client outlives the line, and later calls go through the pool."""
     client = make_client(redis_server.url)
-    pool = client.connection_pool
+    line = DirectLine(client)
+    name = f"{namespace}:line"
+    try:
+        await line.execute("CLIENT", "SETNAME", name)
+        listed = (await client.execute_command("CLIENT", "LIST")).decode()
+        assert f"name={name}" in listed
+        assert len(client.connection_pool._in_use_connections) == 0
+        await line.aclose()
+        for _ in range(50):  # the server notices the closed socket shortly
+            listed = (await client.execute_command("CLIENT", "LIST")).decode()
+            if f"name={name}" not in listed:
+                break
+            await anyio.sleep(0.02)
+        assert f"name={name}" not in listed
+        assert await line.execute("ECHO", "after") == b"after"
+    finally:
+        await client.aclose()
+
+
+async def test_a_reply_that_does_not_come_is_a_timeout_and_the_line_recovers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """With a 0.3 s socket timeout, a BLPOP waiting 5 s raises redis-py's TimeoutError after
+    about 0.3 s (not 5); the next command gets its own reply."""
+    client = make_client(redis_server.url)
+    client.connection_pool.connection_kwargs["socket_timeout"] = 0.3
     line = DirectLine(client)
     try:
-        await line.execute("PING")
-        assert len(pool._in_use_connections) == 1
-        await line.aclose()
-        assert len(pool._in_use_connections) == 0
-        assert await line.execute("ECHO", "after") == b"after"
-        assert len(pool._in_use_connections) == 0
+        started = time.monotonic()
+        with pytest.raises(redis_errors.TimeoutError, match=r"within 0\.3 s"):
+            await line.execute("BLPOP", f"{namespace}:never", 5)
+        assert time.monotonic() - started < 2
+        assert await line.execute("ECHO", "next") == b"next"
     finally:
+        await line.aclose()
         await client.aclose()
