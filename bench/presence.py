@@ -10,9 +10,9 @@
 - Lock acquire+release pairs/s: ``async with bus.lock(name, ttl=10)`` (fencing token, dashboard
   index entry, renewal by the bus's lock keeper, cancellable body, shielded release) vs
   redis-py's ``redis.asyncio.lock.Lock`` (``client.lock(name, timeout=10)``: SET NX PX, Lua
-  release), both on the bus's client (agentbus runs its lock scripts on a connection of that
-  client's pool that it keeps aside, ``DirectLine``; redis-py's ``Lock`` goes through
-  ``execute_command``).
+  release) on the bus's client and on a client with redis-py's defaults; the target is judged
+  against the faster of the two in each run. agentbus runs its lock scripts on a connection it
+  keeps for them (``DirectLine``); redis-py's ``Lock`` goes through ``execute_command``.
 
 The agents are written the way the package writes them (the lease pipeline with the
 ``presence_touch`` script, ``RegistryEntry``, ``set_state``'s fields, the ``lock_acquire`` script,
@@ -320,18 +320,30 @@ async def bench(url: str, runs: int, quick: bool) -> list[str]:
         pairs = 50  # per turn
         ns = unique_namespace("bench")
         config = load_config(redis_url=url, overrides={"bus": {"namespace": ns}})
-        async with AgentBus("locker", config=config) as bus:
+        async with (
+            AgentBus("locker", config=config) as bus,
+            redis.asyncio.Redis.from_url(url) as default_client,
+        ):
             res = await compare("lock pairs x50", {
                 "agentbus": partial(agentbus_lock_pairs, bus, "bench-lock", pairs),
-                # redis-py's lock on the bus's own client: the same connection and settings
+                # redis-py's lock on the bus's own client: the same server and settings
                 "redis-py": partial(baseline_lock_pairs, bus.redis, f"{ns}:rlock", pairs),
+                # and on a client with redis-py's defaults (no socket timeout: no wait_for)
+                "redis-py default": partial(
+                    baseline_lock_pairs, default_client, f"{ns}:rlock2", pairs
+                ),
             }, runs, 10 if quick else 60)  # fmt: skip
         per_s = {name: [pairs / t for t in times] for name, times in res.items()}
-        ratio = median_or_nan(ratios(per_s["agentbus"], per_s["redis-py"]))
+        # The target is judged against the faster redis-py variant of each run.
+        best = [
+            max(a, b) for a, b in zip(per_s["redis-py"], per_s["redis-py default"], strict=True)
+        ]
+        ratio = median_or_nan(ratios(per_s["agentbus"], best))
         summary.append(
-            target_line("lock pairs/s agentbus/redis-py", ratio, ">=", 1.0)
+            target_line("lock pairs/s agentbus/redis-py (faster client)", ratio, ">=", 1.0)
             + f"   agentbus {median_or_nan(per_s['agentbus']):,.0f}/s,"
-            f" redis-py {median_or_nan(per_s['redis-py']):,.0f}/s"
+            f" redis-py {median_or_nan(per_s['redis-py']):,.0f}/s on the bus's client,"
+            f" {median_or_nan(per_s['redis-py default']):,.0f}/s on a default client"
         )
     return summary
 
