@@ -285,6 +285,7 @@ class AgentBus:
 
         Raises:
             NotFoundError: ``team`` is not a team this agent can see.
+            ValidationError: ``team`` is not a well-formed id (empty, too long, NUL).
         """
         self._check_open()
         if team is not None:

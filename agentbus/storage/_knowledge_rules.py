@@ -19,11 +19,10 @@ from typing import get_args
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import InvalidAgentIdError
-from .._ids import validate_agent_id
 from ._canonical import check_vector
 from ._errors import ValidationError
 from ._models import CollectionVisibility, Permission
+from ._rules import check_agent_ref
 
 RANK: dict[Permission, int] = {"read": 1, "write": 2, "owner": 3}
 COLLECTION_VISIBILITIES: tuple[CollectionVisibility, ...] = get_args(CollectionVisibility)
@@ -35,10 +34,7 @@ def check_grantee(agent_id: object) -> str:
 
     Raises: ValidationError.
     """
-    try:
-        grantee = validate_agent_id(agent_id)
-    except InvalidAgentIdError as exc:
-        raise ValidationError(f"agent_id: {exc}") from exc
+    grantee = check_agent_ref("agent_id", agent_id)
     if not any(c.isalnum() for c in grantee):
         raise ValidationError(
             f"{grantee!r} is not an agent: a grant names one agent (no wildcards); to share with "

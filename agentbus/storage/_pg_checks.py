@@ -1,6 +1,7 @@
 """Input checks shared by the PostgreSQL stores (on top of ``_canonical``): everything is
 validated before a statement is sent, so a bad value is a :class:`ValidationError` naming the
-field, never a driver error."""
+field, never a driver error. Ids follow the one rule of every backend (``_rules``): ``new_id``
+for a new row, ``ref_id`` for a row to look up, ``agent_ref`` for another agent."""
 
 from __future__ import annotations
 
@@ -9,38 +10,26 @@ from typing import Any
 
 from pgvector import Vector
 
-from .._errors import InvalidAgentIdError
-from .._ids import uuid7, validate_agent_id
 from ._canonical import check_text, check_vector
 from ._errors import ValidationError
+from ._rules import check_agent_ref, check_optional_ref, check_ref, new_id as new_id
 
-MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 500
 MAX_URL_CHARS = 4096
 
 
-def new_id(value: object = None, field: str = "id") -> str:
-    """A caller's id (migration, backfill) checked, or a fresh UUIDv7."""
-    if value is None:
-        return uuid7()
-    return check_text(field, value, max_chars=MAX_ID_CHARS)
-
-
 def ref_id(value: object, field: str) -> str:
-    """An id that refers to a row: text, not empty, no NUL."""
-    return check_text(field, value, max_chars=MAX_ID_CHARS)
+    """An id that refers to a row, by the rule of every backend (``_rules.check_ref``)."""
+    return check_ref(field, value)
 
 
 def optional_ref(value: object, field: str) -> str | None:
-    return None if value is None else ref_id(value, field)
+    return check_optional_ref(field, value)
 
 
 def agent_ref(value: object, field: str) -> str:
     """Another agent's id (assignee, team member…), by the agent-id rule."""
-    try:
-        return validate_agent_id(value)
-    except InvalidAgentIdError as exc:
-        raise ValidationError(f"{field}: {exc}") from exc
+    return check_agent_ref(field, value)
 
 
 def vector(value: object, dim: int) -> Vector:

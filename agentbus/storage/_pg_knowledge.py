@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._ids import uuid7
 from ._canonical import canonical_json, check_choice, check_optional_text, check_text, now_utc
 from ._errors import NotFoundError
 from ._knowledge_rules import (
@@ -45,7 +44,7 @@ from ._pg_rows import (
     collection as collection_row,
     grant as grant_row,
 )
-from ._rules import check_given_id
+from ._rules import new_id
 
 _GRANT = f"""
 INSERT INTO knowledge_collection_grants AS kg
@@ -97,7 +96,7 @@ class PgKnowledge(KnowledgeDocuments):
         Raises: ValidationError (bad value, an id already taken).
         """
         values = (
-            uuid7() if id is None else check_given_id(id), self._agent,
+            new_id(id), self._agent,
             check_text("name", name, max_chars=MAX_NAME_CHARS),
             check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),
             check_choice("visibility", visibility, COLLECTION_VISIBILITIES),

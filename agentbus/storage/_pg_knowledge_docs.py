@@ -15,7 +15,6 @@ from typing import Any
 
 from pgvector import Vector
 
-from .._ids import uuid7
 from ._canonical import canonical_json, check_text, chunk_text, content_hash, now_utc
 from ._errors import NotFoundError, PermissionDeniedError, ValidationError
 from ._knowledge_rules import RANK, check_embeddings
@@ -31,7 +30,7 @@ from ._pg_checks import affected, offset as check_offset, ref_id, vector
 from ._pg_core import Conn, Scope
 from ._pg_knowledge_search import search_chunks
 from ._pg_rows import DOCUMENT_COLUMNS, document as document_row
-from ._rules import check_given_id, check_limit
+from ._rules import check_limit, new_id
 
 _INSERT_CHUNKS = """
 INSERT INTO knowledge_chunks (id, document_id, collection_id, agent_id, chunk_index, content,
@@ -89,7 +88,7 @@ class KnowledgeDocuments:
         content = check_text("content", content, max_chars=MAX_TEXT_CHARS)
         chunks = chunk_text(content)
         vectors = self._vectors(embeddings, len(chunks))
-        document_id = uuid7() if id is None else check_given_id(id)
+        document_id = new_id(id)
         meta, now = canonical_json(metadata), now_utc()
         async with self._scope.tx("ingesting a document") as conn:
             await require(conn, self._agent, collection_id, "write", "ingesting a document")

@@ -10,7 +10,6 @@ dependents of other agents too, which this agent's row-level security would not 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import asyncpg
@@ -21,9 +20,8 @@ from ._models import MAX_TEXT_CHARS, Task, TaskEvent
 from ._pg_checks import agent_ref, ref_id
 from ._pg_core import Conn, Scope
 from ._pg_rows import TASK_COLUMNS, TASK_ORDER, task as task_row, task_event as event_row
-from ._rules import check_limit
+from ._rules import check_limit, short_task_ref
 
-_SHORT_ID = re.compile(r"[0-9a-fA-F]{8}")
 # The lock agentbus_check_dependency_cycle() takes (migration 0002). Taken first, before any row
 # lock: taking it after locking the task would deadlock against an opposite edge being added.
 DEPENDENCY_LOCK = 7305950283400911617
@@ -47,7 +45,7 @@ class TaskGraph:
         async with self._scope.tx("adding a task dependency") as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DEPENDENCY_LOCK)
             task = await self._writable(conn, task_id)
-            dependency = await resolve(conn, self._agent, depends_on)
+            dependency = await resolve(conn, self._agent, depends_on, "depends_on")
             await conn.execute(
                 "INSERT INTO task_dependencies (task_id, depends_on, agent_id, created_at)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -59,7 +57,7 @@ class TaskGraph:
         """Drop the dependency (no-op if absent); a blocked task without open ones is pending."""
         async with self._scope.tx("removing a task dependency") as conn:
             task = await self._writable(conn, task_id)
-            dependency = await resolve(conn, self._agent, depends_on)
+            dependency = await resolve(conn, self._agent, depends_on, "depends_on")
             await conn.execute(
                 "DELETE FROM task_dependencies WHERE task_id = $1 AND depends_on = $2",
                 task["id"], dependency,
@@ -125,13 +123,14 @@ class TaskGraph:
         return row
 
 
-async def resolve(conn: Conn, agent: str, task_id: str) -> str:
+async def resolve(conn: Conn, agent: str, task_id: str, field: str = "task_id") -> str:
     """The full id of a visible task given its id or its 8-hex-digit short id.
 
-    Raises: NotFoundError, AmbiguousIdError (a short id matching several visible tasks).
+    Raises: NotFoundError, ValidationError (a malformed id, see ``_rules.check_ref``),
+    AmbiguousIdError (a short id matching several visible tasks).
     """
-    task_id = ref_id(task_id, "task_id")
-    short = task_id.lower() if _SHORT_ID.fullmatch(task_id) else None
+    task_id = ref_id(task_id, field)
+    short = short_task_ref(task_id)
     rows = await conn.fetch(
         f"SELECT t.id FROM tasks t WHERE (t.id = $2 OR t.short_id = $3) AND {VISIBLE_TASK}"
         " ORDER BY t.id = $2 DESC, t.id LIMIT 3",

@@ -120,7 +120,7 @@ class PgTasks(TaskGraph):
                 await _require_team(conn, team_id, self._agent)
             dependencies: list[str] = []
             for dependency in depends_on:
-                resolved = await resolve(conn, self._agent, dependency)
+                resolved = await resolve(conn, self._agent, dependency, "depends_on")
                 if resolved not in dependencies:
                     dependencies.append(resolved)
             blocked = await conn.fetchval(

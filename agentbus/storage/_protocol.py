@@ -7,11 +7,13 @@ everything else is "not found" (``get_*`` returns None, mutations raise ``NotFou
 never a leak. Views share the adapter's connections; closing a view does not close the adapter.
 
 Rules every backend follows (the contract suite checks them):
-- ids: UUIDv7 text from :func:`agentbus.uuid7`; a caller may pass ``id=`` (migration, backfill).
-  The Storage II stores (knowledge, service keys, observations, feedback, live candidates) take a
-  caller's new id only as a canonical lower-case UUID, and refuse an id to look up that is not
-  text, empty, longer than ``MAX_ID_CHARS`` or holding NUL (``ValidationError``); filters are
-  checked like the values they match.
+- ids: UUIDv7 text from :func:`agentbus.uuid7`; a caller may pass ``id=`` (migration, backfill),
+  but only as a canonical lower-case UUID. Every store refuses an id to look up that is not
+  text, empty, longer than ``MAX_ID_CHARS`` or holding NUL (``ValidationError``, reads included);
+  a well-formed id of a row the agent cannot see is "not found" like one nobody stored; another
+  agent named by a call follows the agent-id rule (``ValidationError``); filters are checked like
+  the values they match. One implementation: ``_rules`` (``check_ref``, ``new_id``,
+  ``check_agent_ref``); tasks also take their short id (``short_task_ref``).
 - ``list_*`` order: newest first (``created_at`` desc, then ``id`` desc), default limit 50,
   max 1000; tasks: priority rank (urgent first), then ``due_at`` (nulls last), then
   ``created_at``, then ``id``.
@@ -206,7 +208,11 @@ class TaskStore(Protocol):
         """Raises DependencyCycleError when ``depends_on`` (transitively) depends on the task."""
         ...
 
-    async def remove_dependency(self, task_id: str, depends_on: str) -> Task: ...
+    async def remove_dependency(self, task_id: str, depends_on: str) -> Task:
+        """No-op when there is no such dependency; NotFoundError when either task is not
+        visible."""
+        ...
+
     async def ready_tasks(self, *, limit: int = 50) -> list[Task]:
         """Pending tasks with no open dependency, in priority order."""
         ...
@@ -215,7 +221,9 @@ class TaskStore(Protocol):
         """Assign to another agent, recorded in the task's history."""
         ...
 
-    async def task_history(self, task_id: str) -> list[TaskEvent]: ...
+    async def task_history(self, task_id: str) -> list[TaskEvent]:
+        """Oldest first; NotFoundError for a task this agent cannot see."""
+        ...
 
 
 class TeamStore(Protocol):

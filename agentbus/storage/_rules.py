@@ -1,14 +1,25 @@
 """Rules shared by every backend, computed in Python so that backends cannot drift apart:
 Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions, and
-the id checks of the Storage II stores."""
+the id checks of every store.
+
+Ids, one rule for every store and backend: an id to look up (``check_ref``) that is not text,
+empty, longer than ``MAX_ID_CHARS`` or holding NUL is a ValidationError naming the field; a
+well-formed id of a row the agent cannot see is "not found" (``get_*`` -> None, mutations ->
+NotFoundError), exactly like an id nobody stored. A caller's id for a new row (``new_id``) is a
+UUID in canonical lower-case text. Another agent named by a call (assignee, member, lead) follows
+the agent-id rule (``check_agent_ref``). Tasks are also found by a short id (``short_task_ref``).
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .._errors import InvalidAgentIdError
+from .._ids import uuid7, validate_agent_id
 from ._canonical import check_text
 from ._errors import ValidationError
 from ._models import DONE_STATUSES, MAX_ID_CHARS, RRF_K, TaskStatus
@@ -95,3 +106,28 @@ def check_given_id(value: object, field: str = "id") -> str:
     except ValueError:
         pass
     raise ValidationError(f"{field} must be a UUID in lower-case text (e.g. agentbus.uuid7())")
+
+
+def new_id(value: object = None, field: str = "id") -> str:
+    """The id of a new row: a fresh UUIDv7, or the caller's (``check_given_id``)."""
+    return uuid7() if value is None else check_given_id(value, field)
+
+
+def check_agent_ref(field: str, value: object) -> str:
+    """Another agent's id (assignee, team member, lead…), by the agent-id rule.
+
+    Raises: ValidationError naming the field.
+    """
+    try:
+        return validate_agent_id(value)
+    except InvalidAgentIdError as exc:
+        raise ValidationError(f"{field}: {exc}") from exc
+
+
+_SHORT_TASK_ID = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def short_task_ref(ref: str) -> str | None:
+    """The short task id (the last 8 hex digits of the id, lower case) that a checked task
+    reference names, or None when it cannot be one."""
+    return ref.lower() if _SHORT_TASK_ID.fullmatch(ref) else None

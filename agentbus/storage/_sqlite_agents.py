@@ -12,10 +12,10 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from .._ids import validate_agent_id
 from ._canonical import canonical_json, check_choice, check_optional_text, now_utc
 from ._errors import NotFoundError
 from ._models import MAX_TITLE_CHARS, AgentRecord, AgentStatus
+from ._rules import check_agent_ref, check_ref
 from ._sqlite_codec import AGENT_COLUMNS, agent_from_row, ts
 from ._sqlite_db import Database
 
@@ -34,9 +34,10 @@ class SQLiteAgentStore:
     ) -> AgentRecord:  # fmt: skip
         """Create or update an agent's record.
 
-        Raises: InvalidAgentIdError, ValidationError (unknown status, bad name/role/config).
+        Raises: ValidationError (an agent id breaking the rule, unknown status, bad
+        name/role/config).
         """
-        validate_agent_id(agent_id)
+        check_agent_ref("agent_id", agent_id)
         check_optional_text("name", name, max_chars=MAX_TITLE_CHARS)
         check_optional_text("role", role, max_chars=MAX_TITLE_CHARS)
         status = check_choice("status", status, AGENT_STATUSES)
@@ -66,6 +67,8 @@ class SQLiteAgentStore:
         return agent_from_row(found)
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        check_ref("agent_id", agent_id)
+
         def read(conn: sqlite3.Connection) -> AgentRecord | None:
             row = conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?", (agent_id,))
             found = row.fetchone()
@@ -84,6 +87,7 @@ class SQLiteAgentStore:
 
     async def set_agent_status(self, agent_id: str, status: str) -> AgentRecord:
         """Raises: NotFoundError (no such agent), ValidationError (unknown status)."""
+        check_ref("agent_id", agent_id)
         status = check_choice("status", status, AGENT_STATUSES)
 
         def write(conn: sqlite3.Connection) -> AgentRecord:

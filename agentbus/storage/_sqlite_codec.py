@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -18,9 +17,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from .._ids import uuid7
 from ._canonical import parse_json, utc
-from ._errors import ValidationError
 from ._models import (
     AgentRecord,
     AgentStatus,
@@ -276,20 +273,3 @@ def one(conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> An
     """The first column of the first row (None when there is no row)."""
     row = conn.execute(sql, params).fetchone()
     return None if row is None else row[0]
-
-
-def check_id(field: str, value: object) -> str:
-    """A caller-supplied id (backfill, migration): a UUID in canonical lower-case text.
-
-    Raises: ValidationError naming the field.
-    """
-    try:
-        if isinstance(value, str) and str(uuid.UUID(value)) == value:
-            return value
-    except ValueError:
-        pass
-    raise ValidationError(f"{field} must be a UUID in lower-case text (e.g. agentbus.uuid7())")
-
-
-def new_or_given_id(value: str | None) -> str:
-    return uuid7() if value is None else check_id("id", value)

@@ -15,7 +15,7 @@ from .._ids import uuid7
 from ._canonical import check_optional_text, check_text, now_utc
 from ._errors import NotFoundError
 from ._models import MAX_SUMMARY_CHARS, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Category, Entity
-from ._rules import check_limit
+from ._rules import check_limit, check_ref
 from ._sqlite_codec import (
     CATEGORY_COLUMNS,
     ENTITY_COLUMNS,
@@ -75,6 +75,8 @@ class GraphOps(Scoped):
 
     async def link_item_category(self, item_id: str, category_id: str) -> None:
         """Idempotent. Raises: NotFoundError (item not visible, category not this agent's)."""
+        check_ref("item_id", item_id)
+        check_ref("category_id", category_id)
 
         def write(conn: sqlite3.Connection) -> None:
             self._require_item(conn, item_id)
@@ -94,6 +96,7 @@ class GraphOps(Scoped):
 
     async def get_item_categories(self, item_id: str) -> list[Category]:
         """This agent's categories of a visible item, newest first ([] for an unknown item)."""
+        check_ref("item_id", item_id)
 
         def read(conn: sqlite3.Connection) -> list[Category]:
             rows = conn.execute(
@@ -137,8 +140,7 @@ class GraphOps(Scoped):
 
     async def get_entity(self, entity_id_or_name: str) -> Entity | None:
         """One of this agent's entities by id, or else by name (case-insensitive)."""
-        if not isinstance(entity_id_or_name, str):
-            return None
+        check_text("entity_id_or_name", entity_id_or_name, max_chars=MAX_TITLE_CHARS)
 
         def read(conn: sqlite3.Connection) -> Entity | None:
             row = conn.execute(
@@ -168,6 +170,8 @@ class GraphOps(Scoped):
 
         Raises: NotFoundError (item not visible, entity not this agent's).
         """
+        check_ref("item_id", item_id)
+        check_ref("entity_id", entity_id)
 
         def write(conn: sqlite3.Connection) -> None:
             self._require_item(conn, item_id)
@@ -190,6 +194,7 @@ class GraphOps(Scoped):
 
     async def get_item_entities(self, item_id: str) -> list[Entity]:
         """This agent's entities linked to a visible item, newest first."""
+        check_ref("item_id", item_id)
 
         def read(conn: sqlite3.Connection) -> list[Entity]:
             rows = conn.execute(

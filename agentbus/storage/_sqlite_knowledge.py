@@ -17,7 +17,6 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from .._ids import uuid7
 from ._canonical import canonical_json, check_choice, check_optional_text, check_text, now_utc
 from ._errors import NotFoundError
 from ._knowledge_rules import COLLECTION_VISIBILITIES, check_grantee, creator_is_permanent
@@ -30,7 +29,7 @@ from ._models import (
     KnowledgeGrant,
     Permission,
 )
-from ._rules import check_given_id, check_ref
+from ._rules import check_ref, new_id
 from ._sqlite_codec import ts
 from ._sqlite_knowledge_acl import (
     COLLECTION_COLUMNS,
@@ -57,7 +56,7 @@ class CollectionOps(AccessOps):
         Raises: ValidationError (name, visibility, metadata, id taken).
         """
         collection = (
-            uuid7() if id is None else check_given_id(id),
+            new_id(id),
             self._agent,
             check_text("name", name, max_chars=MAX_TITLE_CHARS),
             check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),

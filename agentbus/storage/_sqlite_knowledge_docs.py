@@ -12,7 +12,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._ids import uuid7
 from ._canonical import canonical_json, check_text, chunk_text, now_utc, parse_json
 from ._knowledge_rules import check_embeddings
 from ._models import (
@@ -23,7 +22,7 @@ from ._models import (
     KnowledgeDocument,
 )
 from ._protocol import Vector
-from ._rules import check_given_id, check_limit, check_ref
+from ._rules import check_limit, check_ref, new_id
 from ._sqlite_codec import parse_ts, ts, vector_blob
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
 from ._sqlite_memory import check_offset
@@ -58,7 +57,7 @@ class DocumentOps(AccessOps):
         permission), ValidationError (bad field, embedding count), DimensionMismatchError.
         """
         check_ref("collection_id", collection_id)
-        document_id = uuid7() if id is None else check_given_id(id)
+        document_id = new_id(id)
         check_text("title", title, max_chars=MAX_TITLE_CHARS)
         check_text("content", content, max_chars=MAX_TEXT_CHARS)
         meta = canonical_json(metadata)

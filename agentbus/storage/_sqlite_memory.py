@@ -4,7 +4,8 @@ search, graph (categories, entities) and notes (reflections, lessons) parts live
 Who may do what: an agent reads every item it can see (its own, ``family``/``public``, its
 active teams' ``team`` rows); it changes (delete, reinforce, embed) only its own items — another
 agent's id is "not found". Resources, categories, entities, reflections and lessons belong to
-their agent alone.
+their agent alone. Ids follow the rule of every backend (``_rules``): a malformed id is a
+ValidationError, a well-formed one naming no row this agent may use is "not found".
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ from ._models import (
     Visibility,
 )
 from ._protocol import Vector
-from ._rules import check_limit
+from ._rules import check_limit, check_optional_ref, check_ref, new_id
 from ._sqlite_codec import (
     ITEM_COLUMNS,
     RESOURCE_COLUMNS,
     item_from_row,
-    new_or_given_id,
     one,
     opt_ts,
     resource_from_row,
@@ -84,7 +84,7 @@ class ItemOps(Scoped):
         metadata: Mapping[str, Any] | None = None, id: str | None = None,
     ) -> Resource:  # fmt: skip
         values = [
-            new_or_given_id(id),
+            new_id(id),
             self._agent,
             check_text("url", url, max_chars=MAX_SUMMARY_CHARS),
             check_text("modality", modality, max_chars=MAX_TITLE_CHARS),
@@ -102,6 +102,8 @@ class ItemOps(Scoped):
         return await self._db.write(write)
 
     async def get_resource(self, resource_id: str) -> Resource | None:
+        check_ref("resource_id", resource_id)
+
         def read(conn: sqlite3.Connection) -> Resource | None:
             row = conn.execute(
                 f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE id = ? AND agent_id = ?",
@@ -140,13 +142,13 @@ class ItemOps(Scoped):
             raise ValidationError('visibility "team" needs a team_id')
         vector = None if embedding is None else check_vector(embedding, self._db.embedding_dim)
         return [
-            new_or_given_id(id),
+            new_id(id),
             self._agent,
             summary,
             check_choice("memory_type", memory_type, MEMORY_TYPES),
             visibility,
-            check_optional_text("team_id", team_id, max_chars=MAX_TITLE_CHARS),
-            check_optional_text("resource_id", resource_id, max_chars=MAX_TITLE_CHARS),
+            check_optional_ref("team_id", team_id),
+            check_optional_ref("resource_id", resource_id),
             content_hash(summary),
             check_unit("significance", significance),
             opt_ts(optional_utc(happened_at)),
@@ -212,6 +214,8 @@ class ItemOps(Scoped):
         return await self._db.write(write) if prepared else []
 
     async def get_item(self, item_id: str) -> MemoryItem | None:
+        check_ref("item_id", item_id)
+
         def read(conn: sqlite3.Connection) -> MemoryItem | None:
             row = conn.execute(
                 f"SELECT {ITEM_COLUMNS} FROM memory_items m WHERE m.id = ? AND {visible_sql('m')}",
@@ -262,6 +266,7 @@ class ItemOps(Scoped):
 
         Raises: NotFoundError (no such item of this agent's, e.g. deleted already).
         """
+        check_ref("item_id", item_id)
 
         def write(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -275,7 +280,7 @@ class ItemOps(Scoped):
 
     async def reinforce_item(self, item_id: str) -> MemoryItem:
         """Raises: NotFoundError unless the item is this agent's own."""
-
+        check_ref("item_id", item_id)
         return await self._db.write(lambda conn: self._reinforce(conn, item_id, ts(now_utc())))
 
     def _reinforce(self, conn: sqlite3.Connection, item_id: str, now: str) -> MemoryItem:
@@ -294,6 +299,7 @@ class ItemOps(Scoped):
         Raises: DimensionMismatchError, ValidationError (NaN/inf), NotFoundError.
         """
         blob = vector_blob(check_vector(embedding, self._db.embedding_dim))
+        check_ref("item_id", item_id)
 
         def write(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(

@@ -24,7 +24,7 @@ from ._canonical import (
 )
 from ._errors import NotFoundError, ValidationError
 from ._models import MAX_SUMMARY_CHARS, MAX_TEXT_CHARS, Lesson, Reflection
-from ._rules import check_limit, step_confidence
+from ._rules import check_limit, check_ref, step_confidence
 from ._sqlite_codec import (
     LESSON_COLUMNS,
     REFLECTION_COLUMNS,
@@ -153,6 +153,8 @@ class NoteOps(Scoped):
         return await self._step(lesson_id, -_check_step(step), reinforce=False)
 
     async def _step(self, lesson_id: str, step: float, *, reinforce: bool) -> Lesson:
+        check_ref("lesson_id", lesson_id)
+
         def write(conn: sqlite3.Connection) -> Lesson:
             row = conn.execute(
                 "SELECT confidence FROM lessons WHERE id = ? AND agent_id = ?",

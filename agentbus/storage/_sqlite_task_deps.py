@@ -10,7 +10,6 @@ Every automatic change is recorded in the task's history as a ``status`` event.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
@@ -18,28 +17,28 @@ from typing import Any
 from ._canonical import canonical_json, check_text
 from ._errors import AmbiguousIdError, DependencyCycleError, StaleWriteError, ValidationError
 from ._models import MAX_TITLE_CHARS, OPEN_STATUSES, TaskStatus
+from ._rules import check_ref, short_task_ref
 from ._sqlite_codec import one, visible_sql
 
-_SHORT_ID = re.compile(r"[0-9a-f]{8}")
 OPEN_SQL = "(" + ", ".join(f"'{status}'" for status in sorted(OPEN_STATUSES)) + ")"
 
 
-def resolve_task(conn: sqlite3.Connection, agent_id: str, ref: object) -> str | None:
+def resolve_task(
+    conn: sqlite3.Connection, agent_id: str, ref: object, field: str = "task_id"
+) -> str | None:
     """The full id of the visible task ``ref`` names (a full id or a short id), else None.
 
-    Raises: AmbiguousIdError when a short id matches several visible tasks.
+    Raises: ValidationError (a malformed id, see ``_rules.check_ref``), AmbiguousIdError (a
+    short id matching several visible tasks).
     """
-    if not isinstance(ref, str):
-        return None
-    if len(ref) == 36:
+    ref = check_ref(field, ref)
+    short = short_task_ref(ref)
+    if short is None:
         return one(  # type: ignore[no-any-return]
             conn,
             f"SELECT t.id FROM tasks t WHERE t.id = ? AND {visible_sql('t')}",
             (ref, agent_id, agent_id),
         )
-    short = ref.lower()
-    if _SHORT_ID.fullmatch(short) is None:
-        return None
     rows = conn.execute(
         f"SELECT t.id FROM tasks t WHERE t.short_id = ? AND {visible_sql('t')} LIMIT 2",
         (short, agent_id, agent_id),

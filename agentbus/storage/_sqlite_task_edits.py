@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .._ids import validate_agent_id
 from ._canonical import (
     canonical_json,
     check_choice,
@@ -34,7 +33,7 @@ from ._models import (
     Task,
     TaskStatus,
 )
-from ._rules import merge_metadata, status_stamps
+from ._rules import check_agent_ref, merge_metadata, status_stamps
 from ._sqlite_codec import TASK_COLUMNS, opt_ts, parse_ts, task_from_row, ts
 from ._sqlite_db import Scoped
 from ._sqlite_task_deps import (
@@ -66,8 +65,10 @@ def canonical_list(values: list[str]) -> str:
 
 
 class TaskEdits(Scoped):
-    def _resolve(self, conn: sqlite3.Connection, ref: str) -> str:
-        task_id = resolve_task(conn, self._agent, ref)
+    def _resolve(self, conn: sqlite3.Connection, ref: str, field: str = "task_id") -> str:
+        """The full id of the visible task ``ref`` names. Raises: NotFoundError,
+        ValidationError (malformed), AmbiguousIdError."""
+        task_id = resolve_task(conn, self._agent, ref, field)
         if task_id is None:
             raise NotFoundError(f"task {ref} not found")
         return task_id
@@ -87,7 +88,7 @@ class TaskEdits(Scoped):
         token)`` is checked and recorded in the same transaction as the write.
 
         Raises: StaleWriteError (an older token; nothing written), NotFoundError,
-        ValidationError, InvalidAgentIdError.
+        ValidationError.
         """
         changes: dict[str, Any] = {}
         if title is not None:
@@ -164,7 +165,8 @@ class TaskEdits(Scoped):
         """
 
         def write(conn: sqlite3.Connection) -> Task:
-            task, dependency = self._resolve(conn, task_id), self._resolve(conn, depends_on)
+            task = self._resolve(conn, task_id)
+            dependency = self._resolve(conn, depends_on, "depends_on")
             check_no_cycle(conn, task, dependency)
             cursor = conn.execute(
                 "INSERT INTO task_dependencies (task_id, depends_on) VALUES (?, ?)"
@@ -183,11 +185,11 @@ class TaskEdits(Scoped):
 
     async def remove_dependency(self, task_id: str, depends_on: str) -> Task:
         """Remove a dependency (idempotent); a blocked task with no open dependency left
-        becomes pending. Raises: NotFoundError (the task is not visible)."""
+        becomes pending. Raises: NotFoundError (either task not visible)."""
 
         def write(conn: sqlite3.Connection) -> Task:
             task = self._resolve(conn, task_id)
-            dependency = resolve_task(conn, self._agent, depends_on) or depends_on
+            dependency = self._resolve(conn, depends_on, "depends_on")
             cursor = conn.execute(
                 "DELETE FROM task_dependencies WHERE task_id = ? AND depends_on = ?",
                 (task, dependency),
@@ -205,9 +207,9 @@ class TaskEdits(Scoped):
     async def handoff_task(self, task_id: str, to_agent: str, *, note: str | None = None) -> Task:
         """Assign to another agent, recorded in the task's history as a ``handoff`` event.
 
-        Raises: NotFoundError, InvalidAgentIdError, ValidationError (note).
+        Raises: NotFoundError, ValidationError (agent id, note).
         """
-        validate_agent_id(to_agent)
+        check_agent_ref("to_agent", to_agent)
         check_optional_text("note", note, max_chars=MAX_TEXT_CHARS)
 
         def write(conn: sqlite3.Connection) -> Task:
@@ -235,4 +237,4 @@ def _assignee(value: str | None) -> tuple[str | None] | None:
         return None
     if value == UNASSIGNED:
         return (None,)
-    return (validate_agent_id(value),)
+    return (check_agent_ref("assignee", value),)

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .._ids import validate_agent_id
 from ._canonical import (
     canonical_json,
     check_choice,
@@ -41,11 +40,10 @@ from ._models import (
     TaskStatus,
     Visibility,
 )
-from ._rules import check_limit
+from ._rules import check_agent_ref, check_limit, check_optional_ref, new_id
 from ._sqlite_codec import (
     TASK_COLUMNS,
     event_from_row,
-    new_or_given_id,
     opt_ts,
     placeholders,
     task_from_row,
@@ -75,12 +73,12 @@ class SQLiteTaskStore(TaskEdits):
         Raises: ValidationError, NotFoundError (a dependency or team not visible),
         DependencyCycleError (``id`` among ``depends_on``).
         """
-        task_id = new_or_given_id(id)
+        task_id = new_id(id)
         priority = check_choice("priority", priority, PRIORITIES)
         visibility = check_choice("visibility", visibility, VISIBILITIES)
         if visibility == "team" and team_id is None:
             raise ValidationError('visibility "team" needs a team_id')
-        team = check_optional_text("team_id", team_id, max_chars=MAX_TITLE_CHARS)
+        team = check_optional_ref("team_id", team_id)
         values: dict[str, object] = {
             "id": task_id,
             "short_id": short_id(task_id),
@@ -91,7 +89,7 @@ class SQLiteTaskStore(TaskEdits):
             ),
             "priority": priority,
             "priority_rank": PRIORITY_RANK[priority],
-            "assignee": None if assignee is None else validate_agent_id(assignee),
+            "assignee": None if assignee is None else check_agent_ref("assignee", assignee),
             "team_id": team,
             "project": check_optional_text("project", project, max_chars=MAX_TITLE_CHARS),
             "tags": canonical_list(check_tags(tags)),
@@ -100,12 +98,12 @@ class SQLiteTaskStore(TaskEdits):
             "metadata": canonical_json(metadata),
         }
         if isinstance(depends_on, str):
-            depends_on = [depends_on]
+            raise ValidationError("depends_on must be a sequence of task ids, not one string")
 
         def write(conn: sqlite3.Connection) -> Task:
             now = ts(now_utc())
             self._require_team(conn, team)
-            deps = list(dict.fromkeys(self._resolve(conn, ref) for ref in depends_on))
+            deps = list(dict.fromkeys(self._resolve(conn, ref, "depends_on") for ref in depends_on))
             if task_id in deps:
                 check_no_cycle(conn, task_id, task_id)
             status: TaskStatus = "blocked" if _any_open(conn, deps) else "pending"
@@ -188,8 +186,13 @@ class SQLiteTaskStore(TaskEdits):
             where.append("t.assignee IS NULL")
         elif assignee is not None:
             where.append("t.assignee = ?")
-            params.append(assignee)
-        for column, value in (("agent_id", agent_id), ("team_id", team_id), ("project", project)):
+            params.append(check_agent_ref("assignee", assignee))
+        filters = (
+            ("agent_id", None if agent_id is None else check_agent_ref("agent_id", agent_id)),
+            ("team_id", check_optional_ref("team_id", team_id)),
+            ("project", check_optional_text("project", project, max_chars=MAX_TITLE_CHARS)),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(f"t.{column} = ?")
                 params.append(value)
@@ -256,12 +259,13 @@ class SQLiteTaskStore(TaskEdits):
         return await self._select([ready], [], limit)
 
     async def task_history(self, task_id: str) -> list[TaskEvent]:
-        """The task's events, oldest first ([] for a task that is not visible)."""
+        """The task's events, oldest first. Raises: NotFoundError for a task that is not
+        visible (like every call naming a task)."""
 
         def read(conn: sqlite3.Connection) -> list[TaskEvent]:
             found = resolve_task(conn, self._agent, task_id)
             if found is None:
-                return []
+                raise NotFoundError(f"task {task_id} not found")
             rows = conn.execute(
                 "SELECT at, kind, by_agent, detail FROM task_events WHERE task_id = ?"
                 " ORDER BY event_key",

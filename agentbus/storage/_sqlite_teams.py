@@ -7,7 +7,9 @@ member lead (``add_member``/``update_member`` with ``role="lead"``) hands the ro
 previous lead stays as a ``member``; the lead cannot be demoted or removed directly (hand the
 role over first). ``disband_team`` sets status ``disbanded``: members stay listed in
 ``get_team`` but ``team_members()`` is empty, ``team`` rows of the team are no longer visible
-through it, and membership can no longer change.
+through it, and membership can no longer change. Ids follow the rule of every backend
+(``_rules``): a malformed team or agent id is a ValidationError, a team this agent cannot see is
+"not found".
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from .._ids import validate_agent_id
 from ._canonical import canonical_json, check_choice, check_text, now_utc, parse_json
 from ._errors import NotFoundError, ValidationError
 from ._models import MAX_TITLE_CHARS, Team, TeamMember, TeamRole, TeamStatus
-from ._sqlite_codec import member_from_row, new_or_given_id, parse_ts, ts
+from ._rules import check_agent_ref, check_ref, new_id
+from ._sqlite_codec import member_from_row, parse_ts, ts
 from ._sqlite_db import Scoped
 
 ROLES: tuple[TeamRole, ...] = ("lead", "member")
@@ -68,14 +70,14 @@ class SQLiteTeamStore(Scoped):
         """The lead (default: this agent) is a member with role ``lead``; ``members`` join after
         it, in order (duplicates ignored).
 
-        Raises: ValidationError, InvalidAgentIdError.
+        Raises: ValidationError.
         """
-        team_id = new_or_given_id(id)
+        team_id = new_id(id)
         check_text("name", name, max_chars=MAX_TITLE_CHARS)
-        lead = self._agent if lead is None else validate_agent_id(lead)
+        lead = self._agent if lead is None else check_agent_ref("lead", lead)
         if isinstance(members, str):
             raise ValidationError("members must be a sequence of agent ids, not one string")
-        others = [validate_agent_id(member) for member in members]
+        others = [check_agent_ref("member", member) for member in members]
         meta = canonical_json(metadata)
 
         def write(conn: sqlite3.Connection) -> Team:
@@ -103,6 +105,7 @@ class SQLiteTeamStore(Scoped):
 
     async def get_team(self, team_id: str) -> Team | None:
         """The team with every member in join order (None when not visible)."""
+        check_ref("team_id", team_id)
         return await self._db.read(lambda conn: self._team(conn, team_id))
 
     async def list_teams(self, *, include_disbanded: bool = False) -> list[Team]:
@@ -122,7 +125,8 @@ class SQLiteTeamStore(Scoped):
     async def add_member(self, team_id: str, agent_id: str, *, role: TeamRole = "member") -> Team:
         """Add a member (an existing member keeps its place; ``role="lead"`` hands the lead
         over). Raises: NotFoundError, ValidationError (disbanded team, unknown role)."""
-        validate_agent_id(agent_id)
+        check_ref("team_id", team_id)
+        check_agent_ref("agent_id", agent_id)
         role = check_choice("role", role, ROLES)
 
         def write(conn: sqlite3.Connection) -> Team:
@@ -141,6 +145,8 @@ class SQLiteTeamStore(Scoped):
     async def update_member(self, team_id: str, agent_id: str, *, role: TeamRole) -> Team:
         """Change a member's role. Raises: NotFoundError (team or member), ValidationError
         (demoting the lead, disbanded team)."""
+        check_ref("team_id", team_id)
+        check_agent_ref("agent_id", agent_id)
         role = check_choice("role", role, ROLES)
 
         def write(conn: sqlite3.Connection) -> Team:
@@ -158,6 +164,8 @@ class SQLiteTeamStore(Scoped):
 
     async def remove_member(self, team_id: str, agent_id: str) -> Team:
         """Raises: NotFoundError (team or member), ValidationError (the lead, disbanded team)."""
+        check_ref("team_id", team_id)
+        check_agent_ref("agent_id", agent_id)
 
         def write(conn: sqlite3.Connection) -> Team:
             team = self._active_team(conn, team_id)
@@ -176,6 +184,7 @@ class SQLiteTeamStore(Scoped):
 
     async def disband_team(self, team_id: str) -> Team:
         """Status ``disbanded`` (idempotent); see the module docstring for the effect."""
+        check_ref("team_id", team_id)
 
         def write(conn: sqlite3.Connection) -> Team:
             self._team_or_fail(conn, team_id)
@@ -193,6 +202,7 @@ class SQLiteTeamStore(Scoped):
 
         Raises: NotFoundError when the team is not visible to this agent.
         """
+        check_ref("team_id", team_id)
 
         def read(conn: sqlite3.Connection) -> list[TeamMember]:
             team = self._team(conn, team_id)

@@ -9,8 +9,21 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 
+from agentbus.storage._models import MAX_ID_CHARS
+
 EMBEDDING_DIM = 384
 """The contract suite's vector dimension (all-MiniLM-L6-v2, the shared corpus's model)."""
+
+MALFORMED_IDS: tuple[object, ...] = ("", "   ", "x" * (MAX_ID_CHARS + 1), "a\x00b", 42)
+"""Ids that name no row on any backend: every call refuses them with ValidationError (a
+well-formed id naming no visible row is "not found" instead)."""
+
+_A_UUID7 = uuid.UUID("0190a4c2-7b3e-7abc-8def-0123456789ab")
+NOT_LOWER_CASE_UUIDS: tuple[str, ...] = (
+    "abc", "0123abcd", "backfilled-row-1", str(_A_UUID7).upper(), "{" + str(_A_UUID7) + "}",
+    _A_UUID7.hex, f"urn:uuid:{_A_UUID7}",
+)  # fmt: skip
+"""Ids a caller may not give a new row: a new row's id is a UUID in canonical lower-case text."""
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -10,10 +10,9 @@ import pytest
 
 from agentbus import uuid7
 from agentbus.storage._errors import NotFoundError, StorageError, ValidationError
-from agentbus.storage._models import MAX_ID_CHARS
 
 from ._stores import store
-from ._support import is_utc, is_uuid7, not_refused
+from ._support import MALFORMED_IDS, is_utc, is_uuid7, not_refused
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +79,7 @@ async def test_a_malformed_id_is_refused_by_every_call(view: View) -> None:
     me = view()
     c = lc(me)
     pending = await c.create("a pending candidate")
-    for bad in ("", "x" * (MAX_ID_CHARS + 1), "a\x00b"):
+    for bad in MALFORMED_IDS:
         problems = await not_refused(
             ValidationError,
             {

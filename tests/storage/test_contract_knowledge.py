@@ -9,7 +9,8 @@ cases (k hits, recall) are in ``test_knowledge_corpus``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -28,7 +29,6 @@ from agentbus.storage._errors import (
 from agentbus.storage._models import (
     CHUNK_CHARS,
     CHUNK_OVERLAP,
-    MAX_ID_CHARS,
     MAX_SUMMARY_CHARS,
     RRF_K,
     KnowledgeCollection,
@@ -38,7 +38,16 @@ from agentbus.storage._models import (
 from agentbus.testing import PostgresServer
 
 from ._stores import store
-from ._support import EMBEDDING_DIM, as_list, is_utc, is_uuid7, not_refused, unit, with_cosine
+from ._support import (
+    EMBEDDING_DIM,
+    MALFORMED_IDS,
+    as_list,
+    is_utc,
+    is_uuid7,
+    not_refused,
+    unit,
+    with_cosine,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +81,25 @@ def ids(collections: Sequence[KnowledgeCollection]) -> list[str]:
     return [c.id for c in collections]
 
 
+async def grant_each(owner: Any, collection_id: str, grants: Sequence[tuple[Any, str]]) -> None:
+    """``owner`` grants each agent (a view) its permission on the collection, in order."""
+    for grantee, permission in grants:
+        await kn(owner).grant(collection_id, grantee.agent_id, permission)
+
+
+@asynccontextmanager
+async def library_collection(
+    owner: Any, name: str, visibility: str
+) -> AsyncIterator[KnowledgeCollection]:
+    """A ``family``/``public`` collection of ``owner``, deleted when the block ends: every agent
+    in the module's store reads it, and other tests count what their agents read."""
+    library = await kn(owner).create_collection(name, visibility=visibility)
+    try:
+        yield library
+    finally:
+        await kn(owner).delete_collection(library.id)
+
+
 async def every_mode(
     knowledge: Any, query: str, vector: np.ndarray, **options: Any
 ) -> dict[str, list[KnowledgeHit]]:
@@ -90,7 +118,7 @@ async def test_a_malformed_id_is_refused_by_every_call(view: View) -> None:
     ValidationError for every call that takes one (a well-formed id of nothing is not found)."""
     a = view("a")
     k = kn(a)
-    for bad in ("", "x" * (MAX_ID_CHARS + 1), "a\x00b", 42):
+    for bad in MALFORMED_IDS:
         problems = await not_refused(
             ValidationError,
             {
@@ -286,8 +314,7 @@ async def test_a_non_owner_cannot_grant_revoke_or_delete(view: View) -> None:
     a, reader, writer, other = view("a"), view("reader"), view("writer"), view("other")
     c = await kn(a).create_collection("guarded")
     doc = await kn(a).ingest_document(c.id, "doc", "guarded content")
-    await kn(a).grant(c.id, reader.agent_id, "read")
-    await kn(a).grant(c.id, writer.agent_id, "write")
+    await grant_each(a, c.id, [(reader, "read"), (writer, "write")])
     for v in (reader, writer):
         k = kn(v)
         problems = await not_refused(
@@ -324,11 +351,8 @@ async def test_only_owners_list_grants(view: View) -> None:
         view(x) for x in ("a", "co-owner", "reader", "writer", "other")
     )
     c = await kn(a).create_collection("grant list")
-    library = await kn(a).create_collection("grant list library", visibility="public")
-    try:
-        await kn(a).grant(c.id, co_owner.agent_id, "owner")
-        await kn(a).grant(c.id, reader.agent_id, "read")
-        await kn(a).grant(c.id, writer.agent_id, "write")
+    async with library_collection(a, "grant list library", "public") as library:
+        await grant_each(a, c.id, [(co_owner, "owner"), (reader, "read"), (writer, "write")])
         expected = {co_owner.agent_id: "owner", reader.agent_id: "read", writer.agent_id: "write"}
         for v in (a, co_owner):
             grants = await kn(v).list_grants(c.id)
@@ -346,8 +370,6 @@ async def test_only_owners_list_grants(view: View) -> None:
         assert await not_refused(
             NotFoundError, {"no access": lambda: kn(other).list_grants(c.id)}
         ) == []  # fmt: skip
-    finally:
-        await kn(a).delete_collection(library.id)
 
 
 async def test_the_creator_owns_its_collection_for_good(view: View) -> None:
@@ -357,8 +379,7 @@ async def test_the_creator_owns_its_collection_for_good(view: View) -> None:
     every one of them is gone the creator still owns the collection (it is never orphaned)."""
     a, b, c_agent = view("a"), view("b"), view("c")
     c = await kn(a).create_collection("kept for good")
-    await kn(a).grant(c.id, b.agent_id, "owner")
-    await kn(a).grant(c.id, c_agent.agent_id, "owner")
+    await grant_each(a, c.id, [(b, "owner"), (c_agent, "owner")])
     problems = await not_refused(
         ValidationError,
         {
@@ -396,11 +417,8 @@ async def test_writers_and_owners_delete_documents_readers_cannot(view: View) ->
     )
     term = word()
     c = await kn(a).create_collection("deletable")
-    library = await kn(a).create_collection("deletable library", visibility="family")
-    try:
-        await kn(a).grant(c.id, co_owner.agent_id, "owner")
-        await kn(a).grant(c.id, writer.agent_id, "write")
-        await kn(a).grant(c.id, reader.agent_id, "read")
+    async with library_collection(a, "deletable library", "family") as library:
+        await grant_each(a, c.id, [(co_owner, "owner"), (writer, "write"), (reader, "read")])
         docs = [await kn(a).ingest_document(c.id, f"doc {i}", f"{term} doc {i}") for i in range(2)]
         docs.append(await kn(writer).ingest_document(c.id, "writer's", f"{term} by the writer"))
         shelved = await kn(a).ingest_document(library.id, "shelved", f"{term} on the shelf")
@@ -427,8 +445,6 @@ async def test_writers_and_owners_delete_documents_readers_cannot(view: View) ->
         assert [await kn(a).get_document(d.id) for d in docs] == [None, None, None]
         assert (await kn(a).get_collection(c.id)).document_count == 0
         assert doc_ids(await kn(a).search(term, mode="keyword", limit=50)) == [shelved.id]
-    finally:
-        await kn(a).delete_collection(library.id)
 
 
 async def test_a_collection_the_agent_cannot_read_is_not_found(view: View) -> None:
@@ -474,8 +490,7 @@ async def test_write_implies_read(view: View) -> None:
     term = word()
     c = await kn(a).create_collection("co-written")
     mine = await kn(a).ingest_document(c.id, "owner's", f"{term} from the owner")
-    await kn(a).grant(c.id, writer.agent_id, "write")
-    await kn(a).grant(c.id, reader.agent_id, "read")
+    await grant_each(a, c.id, [(writer, "write"), (reader, "read")])
     theirs = await kn(writer).ingest_document(c.id, "writer's", f"{term} from the writer")
     assert theirs.agent_id == writer.agent_id
     assert theirs.collection_id == c.id
@@ -625,8 +640,7 @@ async def test_get_stats_counts_the_knowledge_an_agent_may_read(view: View) -> N
         granted["read"].id, "read", "granted text", embeddings=[as_list(vec())]
     )
     await kn(owners["write"]).ingest_document(granted["write"].id, "write", "plain text")
-    library = await kn(owners["library"]).create_collection("library", visibility="family")
-    try:
+    async with library_collection(owners["library"], "library", "family") as library:
         await kn(owners["library"]).ingest_document(
             library.id, "shelved", "library text", embeddings=[as_list(vec())]
         )
@@ -658,8 +672,6 @@ async def test_get_stats_counts_the_knowledge_an_agent_may_read(view: View) -> N
             "knowledge_chunks": -(n + 1), "knowledge_embedded_chunks": -(n + 1),
         }  # fmt: skip
         assert await kn(me).get_document(read_doc.id) is None
-    finally:
-        await kn(owners["library"]).delete_collection(library.id)
     assert knowledge_change(stranger_before, await stranger.memory.get_stats()) == {}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -11,13 +11,15 @@ import pytest
 from agentbus import uuid7
 from agentbus.storage._canonical import content_hash
 from agentbus.storage._errors import DimensionMismatchError, NotFoundError, ValidationError
+from agentbus.storage._models import MAX_ID_CHARS
 from agentbus.storage._rules import step_confidence
 
-from ._support import as_list, is_utc, unit
+from ._support import MALFORMED_IDS, NOT_LOWER_CASE_UUIDS, as_list, is_utc, not_refused, unit
 
 pytestmark = pytest.mark.anyio
 
 View = Callable[..., Any]
+Call = Callable[[], Awaitable[object]]
 
 
 def newest_first(rows: list[Any]) -> list[Any]:
@@ -73,6 +75,93 @@ async def test_significance_outside_0_1_is_refused(view: View) -> None:
 async def test_get_unknown_item_is_none(view: View) -> None:
     """get_item of an id nobody stored returns None."""
     assert await view().memory.get_item(uuid7()) is None
+
+
+def memory_id_calls(
+    memory: Any, ref: object, item: Any, category: Any, entity: Any
+) -> dict[str, Call]:
+    """Every memory call that changes a row named by id, with ``ref`` in that place (the
+    agent's own ``item``, ``category`` and ``entity`` wherever a second row goes)."""
+    return {
+        "delete_item": lambda: memory.delete_item(ref),
+        "reinforce_item": lambda: memory.reinforce_item(ref),
+        "embed_item": lambda: memory.embed_item(ref, as_list(unit(5))),
+        "link_item_category item": lambda: memory.link_item_category(ref, category.id),
+        "link_item_category category": lambda: memory.link_item_category(item.id, ref),
+        "link_item_entity item": lambda: memory.link_item_entity(ref, entity.id),
+        "link_item_entity entity": lambda: memory.link_item_entity(item.id, ref),
+        "reinforce_lesson": lambda: memory.reinforce_lesson(ref),
+        "decay_lesson": lambda: memory.decay_lesson(ref),
+        "create_item resource_id": lambda: memory.create_item("r", resource_id=ref),
+        "create_item team_id": lambda: memory.create_item("t", visibility="team", team_id=ref),
+        "create_items resource_id": lambda: memory.create_items(
+            [{"summary": "fine"}, {"summary": "bad ref", "resource_id": ref}]
+        ),
+    }
+
+
+async def test_a_malformed_id_is_refused_by_every_memory_call(view: View) -> None:
+    """Rule (every backend): an id to look up that is not text, empty, longer than MAX_ID_CHARS
+    or holding NUL is a ValidationError — for reads too (never None, never "not found") — of
+    items, resources, categories, entities and lessons, and nothing changes."""
+    me = view()
+    m = me.memory
+    item = await m.create_item("an item beside malformed ids")
+    category = await m.create_category("malformed")
+    entity = await m.create_entity("Malformed")
+    lesson = await m.create_lesson("a lesson beside malformed ids")
+    for bad in MALFORMED_IDS:
+        calls = memory_id_calls(m, bad, item, category, entity) | {
+            "get_item": lambda bad=bad: m.get_item(bad),
+            "get_resource": lambda bad=bad: m.get_resource(bad),
+            "get_item_categories": lambda bad=bad: m.get_item_categories(bad),
+            "get_item_entities": lambda bad=bad: m.get_item_entities(bad),
+        }
+        if not (isinstance(bad, str) and len(bad) > MAX_ID_CHARS):  # also found by name
+            calls["get_entity"] = lambda bad=bad: m.get_entity(bad)
+        assert await not_refused(ValidationError, calls) == [], repr(bad)
+    assert [i.id for i in await m.list_items()] == [item.id]
+    assert await m.get_item(item.id) == item
+    assert [x.confidence for x in await m.list_lessons()] == [lesson.confidence]
+    assert (await m.get_entity(entity.id)).memory_count == 0
+
+
+async def test_a_well_formed_unknown_id_is_not_found(view: View) -> None:
+    """Rule (every backend): a well-formed id that names no row — a UUID nobody stored, or any
+    other text within the limits — is "not found": get_* -> None, lists -> [], mutations and
+    references -> NotFoundError; never a ValidationError."""
+    me = view()
+    m = me.memory
+    item = await m.create_item("an item beside unknown ids")
+    category = await m.create_category("unknown")
+    entity = await m.create_entity("Unknown")
+    for unknown in (uuid7(), "not-a-uuid", "x" * MAX_ID_CHARS):
+        assert await m.get_item(unknown) is None
+        assert await m.get_resource(unknown) is None
+        assert await m.get_entity(unknown) is None
+        assert await m.get_item_categories(unknown) == []
+        assert await m.get_item_entities(unknown) == []
+        calls = memory_id_calls(m, unknown, item, category, entity)
+        assert await not_refused(NotFoundError, calls) == [], unknown
+    assert [i.id for i in await m.list_items()] == [item.id]
+
+
+@pytest.mark.parametrize("given", NOT_LOWER_CASE_UUIDS)
+async def test_a_new_rows_id_must_be_a_lower_case_uuid(view: View, given: str) -> None:
+    """Rule (every backend): a caller's ``id=`` for a new item or resource is a UUID in canonical
+    lower-case text, so that every backend can hold the row under the same id; anything else is
+    a ValidationError and nothing is stored."""
+    me = view()
+    calls = {
+        "create_item": lambda: me.memory.create_item("given id", id=given),
+        "create_items": lambda: me.memory.create_items(
+            [{"summary": "fine"}, {"summary": "given id", "id": given}]
+        ),
+        "create_resource": lambda: me.memory.create_resource("https://example.org/", id=given),
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.memory.list_items() == []
+    assert await me.memory.list_resources() == []
 
 
 async def test_list_items_newest_first_with_default_limit_50(view: View) -> None:

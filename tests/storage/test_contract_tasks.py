@@ -4,7 +4,7 @@ documented order, search, dependencies (a DAG), the ready queue, hand-off histor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,14 +18,23 @@ from agentbus.storage._errors import (
     DependencyCycleError,
     NotFoundError,
     StaleWriteError,
+    ValidationError,
 )
 from agentbus.storage._models import PRIORITY_RANK, UNASSIGNED
 
-from ._support import future, is_utc, with_suffix
+from ._support import (
+    MALFORMED_IDS,
+    NOT_LOWER_CASE_UUIDS,
+    future,
+    is_utc,
+    not_refused,
+    with_suffix,
+)
 
 pytestmark = pytest.mark.anyio
 
 View = Callable[..., Any]
+Call = Callable[[], Awaitable[object]]
 
 
 def task_ids(tasks: list[Any]) -> list[str]:
@@ -99,6 +108,106 @@ async def test_ambiguous_short_id_raises(view: View) -> None:
     with pytest.raises(AmbiguousIdError):
         await me.tasks.get_task(first.short_id)
     assert (await me.tasks.get_task(second.id)).title == "second of a pair"
+
+
+def task_id_calls(tasks: Any, ref: object, other: str) -> dict[str, Call]:
+    """Every task call that names a task, with ``ref`` in that place (``other``, a task of the
+    agent's own, wherever a second task goes)."""
+    return {
+        "update_task": lambda: tasks.update_task(ref, title="changed"),
+        "delete_task": lambda: tasks.delete_task(ref),
+        "handoff_task": lambda: tasks.handoff_task(ref, "someone"),
+        "task_history": lambda: tasks.task_history(ref),
+        "add_dependency task": lambda: tasks.add_dependency(ref, other),
+        "add_dependency depends_on": lambda: tasks.add_dependency(other, ref),
+        "remove_dependency task": lambda: tasks.remove_dependency(ref, other),
+        "remove_dependency depends_on": lambda: tasks.remove_dependency(other, ref),
+        "create_task depends_on": lambda: tasks.create_task("d", depends_on=[ref]),
+    }
+
+
+async def test_a_malformed_task_id_is_refused_by_every_call(view: View) -> None:
+    """Rule (every backend): a task id (full or short) that is not text, empty, longer than
+    MAX_ID_CHARS or holding NUL is a ValidationError wherever a task id goes in — reads too
+    (get_task never answers None for it) — and nothing changes."""
+    me = view()
+    task = await me.tasks.create_task("a task beside malformed ids")
+    t = me.tasks
+    for bad in MALFORMED_IDS:
+        calls = task_id_calls(t, bad, task.id) | {
+            "get_task": lambda bad=bad: t.get_task(bad),
+            "create_task team_id": lambda bad=bad: t.create_task(
+                "t", visibility="team", team_id=bad
+            ),
+            "list_tasks team_id": lambda bad=bad: t.list_tasks(team_id=bad),
+        }
+        assert await not_refused(ValidationError, calls) == [], repr(bad)
+    assert await t.list_tasks() == [task]
+
+
+async def test_a_well_formed_unknown_task_id_is_not_found(view: View) -> None:
+    """Rule (every backend): a well-formed task id naming no visible task — a UUID nobody
+    stored, a short id nobody has, any other text within the limits — is "not found":
+    get_task -> None, every other call -> NotFoundError."""
+    me = view()
+    task = await me.tasks.create_task("a task beside unknown ids")
+    t = me.tasks
+    for unknown in (uuid7(), "0000abcd", "not-a-task-id"):
+        assert await t.get_task(unknown) is None
+        assert await not_refused(NotFoundError, task_id_calls(t, unknown, task.id)) == [], unknown
+    assert await t.list_tasks() == [task]
+
+
+async def test_short_ids_are_accepted_in_either_case_wherever_a_task_id_is(view: View) -> None:
+    """A task's short id (its last 8 hex digits), in lower or upper case, names it in every
+    call that takes a task id."""
+    me = view()
+    dep = await me.tasks.create_task("short dependency")
+    task = await me.tasks.create_task("short task", depends_on=[dep.short_id.upper()])
+    assert task.depends_on == [dep.id]
+    assert await me.tasks.get_task(task.short_id.upper()) == task
+    updated = await me.tasks.update_task(task.short_id.upper(), title="renamed")
+    assert (updated.id, updated.title) == (task.id, "renamed")
+    freed = await me.tasks.remove_dependency(task.short_id, dep.short_id.upper())
+    assert (freed.depends_on, freed.status) == ([], "pending")
+    again = await me.tasks.add_dependency(task.short_id.upper(), dep.short_id)
+    assert again.depends_on == [dep.id]
+    history = await me.tasks.task_history(task.short_id.upper())
+    assert history[0].kind == "created"
+    assert await me.tasks.delete_task(dep.short_id.upper()) is True
+    assert await me.tasks.get_task(dep.id) is None
+
+
+async def test_a_new_tasks_id_must_be_a_lower_case_uuid(view: View) -> None:
+    """Rule (every backend): a caller's ``id=`` for a new task is a UUID in canonical lower-case
+    text — not a short id, not any other text — else ValidationError and nothing is stored."""
+    me = view()
+    calls = {
+        repr(given): lambda given=given: me.tasks.create_task("given id", id=given)
+        for given in NOT_LOWER_CASE_UUIDS
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.tasks.list_tasks() == []
+
+
+async def test_bad_task_arguments_naming_ids_are_refused(view: View) -> None:
+    """Rule (every backend): ``depends_on`` is a sequence of task ids (one string is refused,
+    not read as one id), and an agent named by a task call (assignee, hand-off target, the
+    assignee/agent_id filters) follows the agent-id rule: ValidationError either way."""
+    me = view()
+    task = await me.tasks.create_task("a task beside bad arguments")
+    t = me.tasks
+    calls = {
+        "depends_on one string": lambda: t.create_task("d", depends_on=task.id),
+        "create assignee": lambda: t.create_task("a", assignee="Not Valid"),
+        "update assignee": lambda: t.update_task(task.id, assignee="Not Valid"),
+        "handoff": lambda: t.handoff_task(task.id, "Not Valid"),
+        "handoff empty": lambda: t.handoff_task(task.id, ""),
+        "list assignee": lambda: t.list_tasks(assignee="Not Valid"),
+        "list agent_id": lambda: t.list_tasks(agent_id="a\x00b"),
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await t.list_tasks() == [task]
 
 
 # --- update ----------------------------------------------------------------------------------

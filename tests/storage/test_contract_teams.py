@@ -10,7 +10,15 @@ import pytest
 from agentbus import InvalidAgentIdError, uuid7
 from agentbus.storage._errors import NotFoundError, ValidationError
 
-from ._support import as_list, is_utc, is_uuid7, unit
+from ._support import (
+    MALFORMED_IDS,
+    NOT_LOWER_CASE_UUIDS,
+    as_list,
+    is_utc,
+    is_uuid7,
+    not_refused,
+    unit,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -138,6 +146,58 @@ async def test_unknown_team_is_not_found(view: View) -> None:
         await me.teams.disband_team(missing)
 
 
+async def test_a_malformed_team_id_is_refused_by_every_call(view: View) -> None:
+    """Rule (every backend): a team id that is not text, empty, longer than MAX_ID_CHARS or
+    holding NUL is a ValidationError — get_team too (never None for it) — and the team that
+    exists is unchanged."""
+    me, b = view("me"), view("b")
+    team = await me.teams.create_team("malformed crew")
+    teams = me.teams
+    for bad in MALFORMED_IDS:
+        calls = {
+            "get_team": lambda bad=bad: teams.get_team(bad),
+            "add_member": lambda bad=bad: teams.add_member(bad, b.agent_id),
+            "update_member": lambda bad=bad: teams.update_member(bad, me.agent_id, role="lead"),
+            "remove_member": lambda bad=bad: teams.remove_member(bad, b.agent_id),
+            "remove itself": lambda bad=bad: teams.remove_member(bad, me.agent_id),
+            "disband_team": lambda bad=bad: teams.disband_team(bad),
+            "team_members": lambda bad=bad: teams.team_members(bad),
+        }
+        assert await not_refused(ValidationError, calls) == [], repr(bad)
+    assert await teams.get_team(team.id) == team
+
+
+async def test_a_malformed_member_id_is_refused(view: View) -> None:
+    """Rule (every backend): an agent named by a team call (lead, member) follows the agent-id
+    rule; breaking it is a ValidationError (not "not a member"), and nothing changes."""
+    me, b = view("me"), view("b")
+    team = await me.teams.create_team("member rule crew", members=[b.agent_id])
+    teams = me.teams
+    for bad in ("", "Not Valid", "a\x00b", "x" * 65, 42):
+        calls = {
+            "create lead": lambda bad=bad: teams.create_team("x", lead=bad),
+            "create members": lambda bad=bad: teams.create_team("x", members=[bad]),
+            "add_member": lambda bad=bad: teams.add_member(team.id, bad),
+            "update_member": lambda bad=bad: teams.update_member(team.id, bad, role="member"),
+            "remove_member": lambda bad=bad: teams.remove_member(team.id, bad),
+        }
+        assert await not_refused(ValidationError, calls) == [], repr(bad)
+    assert await teams.get_team(team.id) == team
+    assert [t.id for t in await teams.list_teams()] == [team.id]
+
+
+async def test_a_new_teams_id_must_be_a_lower_case_uuid(view: View) -> None:
+    """Rule (every backend): a caller's ``id=`` for a new team is a UUID in canonical lower-case
+    text, else ValidationError and no team is made."""
+    me = view()
+    calls = {
+        repr(given): lambda given=given: me.teams.create_team("given id", id=given)
+        for given in NOT_LOWER_CASE_UUIDS
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.teams.list_teams(include_disbanded=True) == []
+
+
 async def test_empty_team_name_is_refused(view: View) -> None:
     """A team needs a name."""
     me = view()
@@ -206,6 +266,30 @@ async def test_set_agent_status(storage: Any, new_agent: Callable[..., str]) -> 
 async def test_unknown_agent_is_none(storage: Any, new_agent: Callable[..., str]) -> None:
     """get_agent of an id never registered returns None."""
     assert await storage.agents.get_agent(new_agent("nobody")) is None
+
+
+async def test_agent_ids_in_the_registry_follow_the_id_rule(
+    storage: Any, new_agent: Callable[..., str]
+) -> None:
+    """Rule (every backend): looking an agent up by an id that is not text, empty, longer than
+    MAX_ID_CHARS or holding NUL is a ValidationError (get_agent never answers None for it); a
+    well-formed id nobody registered is "not found" (None / NotFoundError); registering an id
+    that breaks the agent-id rule is a ValidationError."""
+    agents = storage.agents
+    for bad in MALFORMED_IDS:
+        calls = {
+            "get_agent": lambda bad=bad: agents.get_agent(bad),
+            "set_agent_status": lambda bad=bad: agents.set_agent_status(bad, "idle"),
+            "upsert_agent": lambda bad=bad: agents.upsert_agent(bad),
+        }
+        assert await not_refused(ValidationError, calls) == [], repr(bad)
+    for unknown in (new_agent("nobody"), "Not Registered"):
+        assert await agents.get_agent(unknown) is None
+        with pytest.raises(NotFoundError):
+            await agents.set_agent_status(unknown, "idle")
+    with pytest.raises(ValidationError):
+        await agents.upsert_agent("Not Valid")
+    assert await agents.get_agent("Not Valid") is None
 
 
 async def test_invalid_agent_ids_are_refused(storage: Any) -> None:

@@ -16,7 +16,15 @@ import pytest
 from agentbus import uuid7
 from agentbus.storage._errors import NotFoundError, ValidationError
 
-from ._support import as_list, not_refused, outcome, unit, with_cosine, with_suffix
+from ._support import (
+    MALFORMED_IDS,
+    as_list,
+    not_refused,
+    outcome,
+    unit,
+    with_cosine,
+    with_suffix,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -196,9 +204,9 @@ async def test_team_rows_for_a_team_one_is_not_in_are_not_found(view: View) -> N
 
 
 async def test_private_task_of_another_agent_is_not_found(view: View) -> None:
-    """Agent B cannot read A's private task (full or short id), nor update, delete, hand off or
-    depend on it: each fails exactly as for an id nobody stored (NotFoundError; delete answers as
-    for a missing id)."""
+    """Agent B cannot read A's private task (full or short id), nor update, delete, hand off,
+    depend on it, drop a dependency on it or read its history: each fails exactly as for an id
+    nobody stored (NotFoundError; delete answers as for a missing id)."""
     a, b = view("a"), view("b")
     task = await a.tasks.create_task("a private violin task", project="secret")
     own = await b.tasks.create_task("b's own task")
@@ -214,13 +222,18 @@ async def test_private_task_of_another_agent_is_not_found(view: View) -> None:
             "depend on it": lambda t=target: b.tasks.add_dependency(own.id, t),
             "add to it": lambda t=target: b.tasks.add_dependency(t, own.id),
             "create depending": lambda t=target: b.tasks.create_task("dep", depends_on=[t]),
+            "remove dependency on it": lambda t=target: b.tasks.remove_dependency(own.id, t),
+            "remove from it": lambda t=target: b.tasks.remove_dependency(t, own.id),
+            "history": lambda t=target: b.tasks.task_history(t),
         }
         assert await not_refused(NotFoundError, calls) == [], target
-        try:
-            history = await b.tasks.task_history(target)
-        except NotFoundError:
-            history = []
-        assert history == []
+    for short in (task.short_id, task.short_id.upper()):
+        calls = {
+            "update by short id": lambda s=short: b.tasks.update_task(s, title="hijacked"),
+            "history by short id": lambda s=short: b.tasks.task_history(s),
+            "depend on it by short id": lambda s=short: b.tasks.add_dependency(own.id, s),
+        }
+        assert await not_refused(NotFoundError, calls) == [], short
     deletes = [await outcome(lambda t=t: b.tasks.delete_task(t)) for t in (task.id, uuid7())]
     assert deletes[0] == deletes[1]
     assert deletes[0] in ("NotFoundError", False)
@@ -256,6 +269,60 @@ async def test_family_and_team_tasks_are_visible(view: View) -> None:
     assert c_listed == {family.id}
     assert private.id not in b_listed
     assert {t.id for t in await b.tasks.list_tasks(team_id=team.id)} == {team_task.id}
+
+
+# --- teams -----------------------------------------------------------------------------------
+
+
+async def test_a_team_the_agent_is_not_in_is_not_found(view: View) -> None:
+    """Agent B, not a member of A's team, gets exactly what an id nobody stored gets: get_team
+    None, a team_id filter matching nothing, NotFoundError from every member change, disband,
+    team_members and from rows that name the team — never a ValidationError, never a leak; and
+    A's team is unchanged."""
+    a, b, c = view("a"), view("b"), view("c")
+    team = await a.teams.create_team("closed harbor crew", members=[c.agent_id])
+    await a.tasks.create_task("closed crew task", visibility="team", team_id=team.id)
+    for target in (team.id, uuid7()):
+        assert await b.teams.get_team(target) is None, target
+        assert await b.tasks.list_tasks(team_id=target) == [], target
+        calls = {
+            "add_member": lambda t=target: b.teams.add_member(t, b.agent_id),
+            "add_member as lead": lambda t=target: b.teams.add_member(t, b.agent_id, role="lead"),
+            "update_member": lambda t=target: b.teams.update_member(t, c.agent_id, role="lead"),
+            "remove_member": lambda t=target: b.teams.remove_member(t, c.agent_id),
+            "disband_team": lambda t=target: b.teams.disband_team(t),
+            "team_members": lambda t=target: b.teams.team_members(t),
+            "team item": lambda t=target: b.memory.create_item(
+                "sneak", visibility="team", team_id=t
+            ),
+            "team task": lambda t=target: b.tasks.create_task(
+                "sneak", visibility="team", team_id=t
+            ),
+        }
+        assert await not_refused(NotFoundError, calls) == [], target
+    after = await a.teams.get_team(team.id)
+    assert after == team
+    assert [m.agent_id for m in await c.teams.team_members(team.id)] == [a.agent_id, c.agent_id]
+
+
+async def test_a_malformed_id_is_refused_before_visibility_is_asked(view: View) -> None:
+    """A malformed id is a ValidationError for every agent alike — the owner of rows and an
+    agent that sees none — so the answer to a bad id never depends on who asks or what exists."""
+    owner, stranger = view("owner"), view("stranger")
+    await owner.memory.create_item("an item of the owner")
+    await owner.tasks.create_task("a task of the owner")
+    await owner.teams.create_team("a team of the owner")
+    for me in (owner, stranger):
+        for bad in MALFORMED_IDS:
+            calls = {
+                "get_item": lambda me=me, bad=bad: me.memory.get_item(bad),
+                "get_task": lambda me=me, bad=bad: me.tasks.get_task(bad),
+                "get_team": lambda me=me, bad=bad: me.teams.get_team(bad),
+                "delete_item": lambda me=me, bad=bad: me.memory.delete_item(bad),
+                "delete_task": lambda me=me, bad=bad: me.tasks.delete_task(bad),
+                "team_members": lambda me=me, bad=bad: me.teams.team_members(bad),
+            }
+            assert await not_refused(ValidationError, calls) == [], (me.agent_id, repr(bad))
 
 
 # --- vector search and concurrency ------------------------------------------------------------
