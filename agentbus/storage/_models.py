@@ -43,18 +43,40 @@ PRIORITY_RANK: dict[Priority, int] = {
 }
 """Sort key: urgent first. Never sort priorities as strings."""
 
+PRIORITIES: tuple[Priority, ...] = tuple(PRIORITY_RANK)
+
 SearchMode = Literal["hybrid", "keyword", "vector"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 TeamRole = Literal["lead", "member"]
+TEAM_ROLES: tuple[TeamRole, ...] = ("lead", "member")
 TeamStatus = Literal["active", "disbanded"]
+TEAM_STATUSES: tuple[TeamStatus, ...] = ("active", "disbanded")
 AgentStatus = Literal["active", "idle", "offline", "disabled"]
+AGENT_STATUSES: tuple[AgentStatus, ...] = ("active", "idle", "offline", "disabled")
 
 UNASSIGNED = "~unassigned"
 """``list_tasks(assignee=UNASSIGNED)`` lists tasks nobody is assigned to."""
 
-MAX_SUMMARY_CHARS = 16_000
-MAX_TITLE_CHARS = 500
-MAX_TEXT_CHARS = 100_000
+# ---- Text limits: one set for every backend ---------------------------------------------------
+# Characters (not bytes). A longer value is a ValidationError naming the field and the limit,
+# raised before anything is written; there are no per-backend limits and no database CHECKs.
 MAX_ID_CHARS = 64
+"""An id to look up (``_rules.check_ref``)."""
+MAX_LABEL_CHARS = 64
+"""Short type labels: resource ``modality``, entity ``entity_type``."""
+MAX_NAME_CHARS = 500
+"""Names and titles: team, category, entity, collection and service-key names; task titles,
+projects, tags and fence names; agent names and roles; document titles; observation session
+ids, kinds and tools; feedback session ids and models."""
+MAX_URL_CHARS = 4096
+"""A resource's ``url``."""
+MAX_SUMMARY_CHARS = 16_000
+"""Summaries and short descriptions: memory item, live candidate and observation summaries,
+lessons, category and collection descriptions, feedback tasks and comments."""
+MAX_TEXT_CHARS = 100_000
+"""Long text: task descriptions and hand-off notes, resource captions, entity profiles,
+reflections, lesson contexts, document contents, search queries, secrets."""
+
 RRF_K = 60
 """Reciprocal Rank Fusion constant (Cormack, Clarke & Büttcher, SIGIR 2009)."""
 
@@ -232,6 +254,7 @@ Permission = Literal["read", "write", "owner"]
 PERMISSIONS: tuple[Permission, ...] = ("read", "write", "owner")
 CollectionVisibility = Literal["private", "family", "public"]
 CandidateStatus = Literal["pending", "merged", "promoted", "rejected"]
+CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = ("pending", "merged", "promoted", "rejected")
 
 CHUNK_CHARS = 1200
 CHUNK_OVERLAP = 150

@@ -13,11 +13,12 @@ any mutation of a row the agent does not own (migration 0007 holds the app role 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any
 
 from ._canonical import canonical_json, check_choice, check_text, check_unit, now_utc
 from ._errors import NotFoundError, ValidationError
 from ._models import (
+    CANDIDATE_STATUSES,
     MAX_SUMMARY_CHARS,
     CandidateStatus,
     LiveCandidate,
@@ -28,8 +29,6 @@ from ._pg_core import Conn, Scope
 from ._pg_memory import _INSERT_ITEMS, _REINFORCE, _NewItem
 from ._pg_rows import CANDIDATE_COLUMNS, candidate as candidate_row
 from ._rules import check_limit
-
-CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = get_args(CandidateStatus)
 
 _VISIBLE_ITEM = """SELECT EXISTS (SELECT 1 FROM memory_items m WHERE m.id = $2
     AND (m.agent_id = $1 OR m.visibility IN ('family', 'public')

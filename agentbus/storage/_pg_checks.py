@@ -5,17 +5,20 @@ for a new row, ``ref_id`` for a row to look up, ``agent_ref`` for another agent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from pgvector import Vector
 
-from ._canonical import check_text, check_vector
-from ._errors import ValidationError
-from ._rules import check_agent_ref, check_optional_ref, check_ref, new_id as new_id
+from ._canonical import check_vector
+from ._models import MAX_URL_CHARS as MAX_URL_CHARS
+from ._rules import (
+    check_agent_ref,
+    check_offset,
+    check_optional_ref,
+    check_ref,
+    new_id as new_id,
+)
 
-MAX_NAME_CHARS = 500
-MAX_URL_CHARS = 4096
+# MAX_URL_CHARS is the limit of every backend (``_models``), re-exported for ``_pg_memory``,
+# which still imports it from here; ``offset`` below likewise.
 
 
 def ref_id(value: object, field: str) -> str:
@@ -38,20 +41,8 @@ def vector(value: object, dim: int) -> Vector:
 
 
 def offset(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValidationError(f"offset must be a non-negative integer, got {value!r}")
-    return value
-
-
-def tags(values: Sequence[str] | Any) -> list[str]:
-    if isinstance(values, str):
-        raise ValidationError("tags must be a sequence of strings, not one string")
-    out: list[str] = []
-    for value in values:
-        tag = check_text("tag", value, max_chars=MAX_NAME_CHARS)
-        if tag not in out:
-            out.append(tag)
-    return out
+    """The rule of every backend (``_rules.check_offset``)."""
+    return check_offset(value)
 
 
 def affected(status: str) -> int:

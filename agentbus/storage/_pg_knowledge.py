@@ -28,6 +28,7 @@ from ._knowledge_rules import (
     creator_is_permanent,
 )
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_SUMMARY_CHARS,
     PERMISSIONS,
     CollectionVisibility,
@@ -35,7 +36,7 @@ from ._models import (
     KnowledgeGrant,
     Permission,
 )
-from ._pg_checks import MAX_NAME_CHARS, affected, ref_id
+from ._pg_checks import affected, ref_id
 from ._pg_core import Scope
 from ._pg_knowledge_docs import KnowledgeDocuments, require
 from ._pg_rows import (

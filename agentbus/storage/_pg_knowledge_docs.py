@@ -19,18 +19,18 @@ from ._canonical import canonical_json, check_text, chunk_text, content_hash, no
 from ._errors import NotFoundError, PermissionDeniedError, ValidationError
 from ._knowledge_rules import RANK, check_embeddings
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
     KnowledgeDocument,
     KnowledgeHit,
     Permission,
     SearchMode,
 )
-from ._pg_checks import affected, offset as check_offset, ref_id, vector
+from ._pg_checks import affected, ref_id, vector
 from ._pg_core import Conn, Scope
 from ._pg_knowledge_search import search_chunks
 from ._pg_rows import DOCUMENT_COLUMNS, document as document_row
-from ._rules import check_limit, new_id
+from ._rules import check_limit, check_offset, new_id
 
 _INSERT_CHUNKS = """
 INSERT INTO knowledge_chunks (id, document_id, collection_id, agent_id, chunk_index, content,
@@ -84,7 +84,7 @@ class KnowledgeDocuments:
         embeddings differs from the number of chunks), DimensionMismatchError.
         """
         collection_id = ref_id(collection_id, "collection_id")
-        title = check_text("title", title, max_chars=MAX_TITLE_CHARS)
+        title = check_text("title", title, max_chars=MAX_NAME_CHARS)
         content = check_text("content", content, max_chars=MAX_TEXT_CHARS)
         chunks = chunk_text(content)
         vectors = self._vectors(embeddings, len(chunks))

@@ -24,11 +24,9 @@ from pgvector import Vector
 
 from ._canonical import check_choice, check_text
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, KnowledgeHit, SearchMode
+from ._models import MAX_TEXT_CHARS, SEARCH_MODES, KnowledgeHit, SearchMode
 from ._pg_core import Scope
 from ._rules import check_limit, fuse_rrf
-
-SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
 # The chunks are read one primary-key lookup per hit (LATERAL … OFFSET 0 keeps the planner from
 # making it a join over every permitted chunk, which a cached generic plan may otherwise do; see

@@ -16,8 +16,17 @@ from ._canonical import (
     optional_utc,
 )
 from ._errors import NotFoundError, ValidationError
-from ._models import MAX_TEXT_CHARS, Category, Entity, Lesson, Reflection
-from ._pg_checks import MAX_NAME_CHARS, new_id, ref_id
+from ._models import (
+    MAX_LABEL_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SUMMARY_CHARS,
+    MAX_TEXT_CHARS,
+    Category,
+    Entity,
+    Lesson,
+    Reflection,
+)
+from ._pg_checks import affected, new_id, ref_id
 from ._pg_core import Conn, Scope
 from ._pg_rows import (
     CATEGORY_COLUMNS,
@@ -47,7 +56,7 @@ class MemoryLinks:
     async def create_category(self, name: str, *, description: str | None = None) -> Category:
         """Get-or-create by name (case-insensitive): concurrent calls make one row."""
         name = check_text("name", name, max_chars=MAX_NAME_CHARS)
-        description = check_optional_text("description", description, max_chars=MAX_TEXT_CHARS)
+        description = check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS)
         async with self._scope.tx("creating a category") as conn:
             # DO NOTHING waits for a concurrent insert of the same key and then yields to it;
             # the next statement (a new snapshot) sees whichever row won.
@@ -82,12 +91,15 @@ class MemoryLinks:
         )  # fmt: skip
 
     async def get_item_categories(self, item_id: str) -> list[Category]:
-        """This agent's categories linked to the item ([] for an item it cannot see)."""
+        """This agent's categories linked to the item, newest first ([] for an item it cannot
+        see, now or any more)."""
         async with self._scope.tx("reading an item's categories") as conn:
             rows = await conn.fetch(
                 f"SELECT {CATEGORY_COLUMNS} FROM categories c"
                 " JOIN item_categories ic ON ic.category_id = c.id"
-                " WHERE ic.item_id = $1 AND c.agent_id = $2 ORDER BY c.name_key, c.id",
+                " JOIN memory_items m ON m.id = ic.item_id"  # the select policy: visible items
+                " WHERE ic.item_id = $1 AND c.agent_id = $2"
+                " ORDER BY c.created_at DESC, c.id DESC",
                 ref_id(item_id, "item_id"), self._agent,
             )  # fmt: skip
         return [category_row(row) for row in rows]
@@ -99,7 +111,7 @@ class MemoryLinks:
     ) -> Entity:
         """Get-or-create by name (case-insensitive): concurrent calls make one row."""
         name = check_text("name", name, max_chars=MAX_NAME_CHARS)
-        kind = check_text("entity_type", entity_type, max_chars=64)
+        kind = check_text("entity_type", entity_type, max_chars=MAX_LABEL_CHARS)
         profile = check_optional_text("profile", profile, max_chars=MAX_TEXT_CHARS)
         now = now_utc()
         async with self._scope.tx("creating an entity") as conn:
@@ -146,12 +158,15 @@ class MemoryLinks:
         )  # fmt: skip
 
     async def get_item_entities(self, item_id: str) -> list[Entity]:
-        """This agent's entities linked to the item ([] for an item it cannot see)."""
+        """This agent's entities linked to the item, newest first ([] for an item it cannot
+        see, now or any more)."""
         async with self._scope.tx("reading an item's entities") as conn:
             rows = await conn.fetch(
                 f"SELECT {ENTITY_COLUMNS} FROM entities e"
                 " JOIN item_entities ie ON ie.entity_id = e.id"
-                " WHERE ie.item_id = $1 AND e.agent_id = $2 ORDER BY e.name_key, e.id",
+                " JOIN memory_items m ON m.id = ie.item_id"  # the select policy: visible items
+                " WHERE ie.item_id = $1 AND e.agent_id = $2"
+                " ORDER BY e.created_at DESC, e.id DESC",
                 ref_id(item_id, "item_id"), self._agent,
             )  # fmt: skip
         return [entity_row(row) for row in rows]
@@ -161,11 +176,16 @@ class MemoryLinks:
     ) -> None:
         async with self._scope.tx(f"linking an item and a {noun}") as conn:
             await _require_visible(conn, self._agent, item_id, target, noun, target_id)
-            await conn.execute(
+            now = now_utc()
+            status = await conn.execute(
                 f"INSERT INTO {table} (item_id, {column}, agent_id, created_at)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                item_id, target_id, self._agent, now_utc(),
+                item_id, target_id, self._agent, now,
             )  # fmt: skip
+            if target == "entities" and affected(status):  # a new link changes memory_count
+                await conn.execute(
+                    "UPDATE entities SET updated_at = $2 WHERE id = $1", target_id, now
+                )
 
     # reflections ------------------------------------------------------------------------------
 
@@ -201,7 +221,7 @@ class MemoryLinks:
     async def create_lesson(
         self, lesson: str, *, context: str | None = None, confidence: float = 0.5
     ) -> Lesson:
-        text = check_text("lesson", lesson, max_chars=MAX_TEXT_CHARS)
+        text = check_text("lesson", lesson, max_chars=MAX_SUMMARY_CHARS)
         context = check_optional_text("context", context, max_chars=MAX_TEXT_CHARS)
         level = check_unit("confidence", confidence)
         async with self._scope.tx("creating a lesson") as conn:

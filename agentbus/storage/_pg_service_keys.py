@@ -23,8 +23,8 @@ from .._errors import ConfigError
 from ._canonical import canonical_json, check_text, now_utc
 from ._crypto import MasterKey, SealedSecret, rewrap, seal, unseal
 from ._errors import NotFoundError
-from ._models import ServiceKeyInfo
-from ._pg_checks import MAX_NAME_CHARS, affected, new_id
+from ._models import MAX_NAME_CHARS, ServiceKeyInfo
+from ._pg_checks import affected, new_id
 from ._pg_core import Conn, Scope
 from ._pg_errors import map_pg_errors
 from ._pg_rows import SERVICE_KEY_COLUMNS, service_key as service_key_row

@@ -24,13 +24,14 @@ from ._canonical import (
 )
 from ._errors import NotFoundError, ValidationError
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_SUMMARY_CHARS,
     MAX_TEXT_CHARS,
     ModelFeedback,
     Observation,
     RatingResult,
 )
-from ._pg_checks import MAX_NAME_CHARS, new_id, ref_id
+from ._pg_checks import new_id, ref_id
 from ._pg_core import Scope
 from ._pg_rows import (
     FEEDBACK_COLUMNS,

@@ -10,12 +10,8 @@ from the per-collection counter that the chunk triggers keep (migration 0004).
 
 from __future__ import annotations
 
-from typing import get_args
-
-from ._models import CandidateStatus, MemoryStats
+from ._models import CANDIDATE_STATUSES, MemoryStats
 from ._pg_core import Conn
-
-CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = get_args(CandidateStatus)
 
 _STATS = """
 WITH readable AS MATERIALIZED (SELECT agentbus_readable_collections() AS ids),

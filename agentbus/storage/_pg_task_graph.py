@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 
 from ._canonical import check_optional_text, now_utc
-from ._errors import AmbiguousIdError, NotFoundError
+from ._errors import AmbiguousIdError, NotFoundError, PermissionDeniedError
 from ._models import MAX_TEXT_CHARS, Task, TaskEvent
-from ._pg_checks import agent_ref, ref_id
+from ._pg_checks import affected, agent_ref, ref_id
 from ._pg_core import Conn, Scope
 from ._pg_rows import TASK_COLUMNS, TASK_ORDER, task as task_row, task_event as event_row
 from ._rules import check_limit, short_task_ref
@@ -37,32 +37,49 @@ class TaskGraph:
 
     async def add_dependency(self, task_id: str, depends_on: str) -> Task:
         """Make ``task_id`` wait for ``depends_on`` (idempotent); an open dependency blocks a
-        pending task.
+        pending task. A new dependency is an ``updated`` event (``fields: ["depends_on"]``).
 
-        Raises: NotFoundError (either task invisible, or ``task_id`` neither owned by nor
-        assigned to this agent), DependencyCycleError.
+        Raises: NotFoundError (either task invisible), PermissionDeniedError (``task_id``
+        neither owned by nor assigned to this agent), DependencyCycleError.
         """
         async with self._scope.tx("adding a task dependency") as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", DEPENDENCY_LOCK)
             task = await self._writable(conn, task_id)
             dependency = await resolve(conn, self._agent, depends_on, "depends_on")
-            await conn.execute(
+            now = now_utc()
+            status = await conn.execute(
                 "INSERT INTO task_dependencies (task_id, depends_on, agent_id, created_at)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                task["id"], dependency, self._agent, now_utc(),
+                task["id"], dependency, self._agent, now,
             )  # fmt: skip
+            if affected(status):
+                await self._dependencies_changed(conn, task["id"], now)
             return await fetch_task(conn, self._agent, task["id"])
 
     async def remove_dependency(self, task_id: str, depends_on: str) -> Task:
-        """Drop the dependency (no-op if absent); a blocked task without open ones is pending."""
+        """Drop the dependency (no-op if absent); a blocked task without open ones is pending.
+
+        Raises: NotFoundError (either task invisible), PermissionDeniedError (``task_id``
+        neither owned by nor assigned to this agent).
+        """
         async with self._scope.tx("removing a task dependency") as conn:
             task = await self._writable(conn, task_id)
             dependency = await resolve(conn, self._agent, depends_on, "depends_on")
-            await conn.execute(
+            now = now_utc()
+            status = await conn.execute(
                 "DELETE FROM task_dependencies WHERE task_id = $1 AND depends_on = $2",
                 task["id"], dependency,
             )  # fmt: skip
+            if affected(status):
+                await self._dependencies_changed(conn, task["id"], now)
             return await fetch_task(conn, self._agent, task["id"])
+
+    async def _dependencies_changed(self, conn: Conn, task_id: str, now: Any) -> None:
+        # The status trigger (migration 0002) may have stamped a later clock_timestamp().
+        await conn.execute(
+            "UPDATE tasks SET updated_at = greatest(updated_at, $2) WHERE id = $1", task_id, now
+        )
+        await record_event(conn, task_id, now, "updated", self._agent, {"fields": ["depends_on"]})
 
     async def ready_tasks(self, *, limit: int = 50) -> list[Task]:
         """Visible pending tasks with no open dependency, in task order (priority first)."""
@@ -78,7 +95,8 @@ class TaskGraph:
     async def handoff_task(self, task_id: str, to_agent: str, *, note: str | None = None) -> Task:
         """Assign the task to ``to_agent``; the history records from whom, to whom and why.
 
-        Raises: NotFoundError unless this agent owns the task or is its assignee.
+        Raises: NotFoundError (not visible), PermissionDeniedError (visible, but this agent
+        neither owns the task nor is its assignee).
         """
         to_agent = agent_ref(to_agent, "to_agent")
         note = check_optional_text("note", note, max_chars=MAX_TEXT_CHARS)
@@ -107,8 +125,10 @@ class TaskGraph:
         return [event_row(row) for row in rows]
 
     async def _writable(self, conn: Conn, task_id: str) -> asyncpg.Record:
-        """Lock and return a task this agent may change: visible, and owned or assigned."""
+        """Lock and return a task this agent may change: visible (else NotFoundError), and owned
+        or assigned (else PermissionDeniedError)."""
         resolved = await resolve(conn, self._agent, task_id)
+        # FOR NO KEY UPDATE also applies the update policy: the owner or the assignee only.
         row = await conn.fetchrow(
             "SELECT t.id, t.agent_id, t.status, t.assignee, t.metadata, t.started_at,"
             " t.completed_at FROM tasks t WHERE t.id = $1 AND $2 IN (t.agent_id, t.assignee)"
@@ -116,9 +136,9 @@ class TaskGraph:
             resolved, self._agent,
         )  # fmt: skip
         if row is None:
-            raise NotFoundError(
-                f"task {task_id} not found among the tasks agent {self._agent!r} owns or is "
-                "assigned"
+            raise PermissionDeniedError(
+                f"task {task_id} can be changed by its owner or its assignee only, not by agent "
+                f"{self._agent!r}"
             )
         return row
 

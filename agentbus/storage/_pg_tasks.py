@@ -3,8 +3,10 @@ delete, list, search. Dependencies, the ready queue, hand-off and history are in
 ``_pg_task_graph``.
 
 Who may do what: every agent sees its own tasks, ``family``/``public`` ones and ``team`` ones of
-its active teams; the owner or the assignee may update a task (so work handed off can be moved
-along by whoever has it); only the owner deletes. Anything else is "not found".
+its active teams; the owner (creator) or the current assignee may change a task — update, hand
+off, add or remove its dependencies — so work handed off can be moved along by whoever has it;
+only the owner deletes. A task the agent cannot see is "not found" (NotFoundError); one it sees
+but may not change is PermissionDeniedError.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from ._canonical import (
     now_utc,
     optional_utc,
 )
-from ._errors import NotFoundError, StaleWriteError, ValidationError
+from ._errors import NotFoundError, PermissionDeniedError, StaleWriteError, ValidationError
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
     OPEN_STATUSES,
-    PRIORITY_RANK,
+    PRIORITIES,
     TASK_STATUSES,
     UNASSIGNED,
     VISIBILITIES,
@@ -36,19 +38,21 @@ from ._models import (
     Visibility,
 )
 from ._pg_checks import (
-    MAX_NAME_CHARS,
     agent_ref,
     new_id,
-    offset as check_offset,
     optional_ref,
-    tags as check_tags,
 )
 from ._pg_core import Conn, Scope
 from ._pg_rows import TASK_COLUMNS, TASK_ORDER, task as task_row
 from ._pg_task_graph import VISIBLE_TASK, TaskGraph, fetch_task, record_event, resolve
-from ._rules import check_limit, merge_metadata, status_stamps
-
-PRIORITIES: tuple[Priority, ...] = tuple(PRIORITY_RANK)
+from ._rules import (
+    check_fence,
+    check_limit,
+    check_offset,
+    check_tags,
+    merge_metadata,
+    status_stamps,
+)
 
 _INSERT_TASK = """
 INSERT INTO tasks (id, agent_id, title, description, status, priority, assignee, team_id,
@@ -68,7 +72,7 @@ WHERE {VISIBLE_TASK}
   AND ($8::text IS NULL OR t.project = $8)
   AND t.tags @> $9::text[]
   AND ($10::timestamptz IS NULL OR t.due_at < $10)
-  AND ($11::timestamptz IS NULL OR t.due_at > $11)
+  AND ($11::timestamptz IS NULL OR t.due_at >= $11)
 ORDER BY {TASK_ORDER}
 LIMIT $12 OFFSET $13
 """
@@ -105,7 +109,7 @@ class PgTasks(TaskGraph):
         if visibility == "team" and team_id is None:
             raise ValidationError("visibility 'team' needs a team_id")
         values = [
-            new_id(id), self._agent, check_text("title", title, max_chars=MAX_TITLE_CHARS),
+            new_id(id), self._agent, check_text("title", title, max_chars=MAX_NAME_CHARS),
             check_optional_text("description", description, max_chars=MAX_TEXT_CHARS),
             None, check_choice("priority", priority, PRIORITIES),
             None if assignee is None else agent_ref(assignee, "assignee"), team_id,
@@ -160,15 +164,17 @@ class PgTasks(TaskGraph):
         """Change the given fields (None: unchanged; ``assignee=UNASSIGNED`` unassigns).
 
         ``metadata`` is merged (keys set to None are removed). ``pending`` while a dependency
-        is open is stored as ``blocked``. ``fence=(name, token)`` refuses the write when a newer
-        token was seen for ``name`` by this agent, in the same transaction.
+        is open is stored as ``blocked``. ``updated_at`` moves when a field other than the
+        status and the assignee is given, or when one of those changes. ``fence=(name,
+        token)`` refuses the write when a newer token was seen for ``name`` by this agent, in
+        the same transaction.
 
-        Raises: NotFoundError (not visible, or neither owned nor assigned), StaleWriteError,
-        ValidationError.
+        Raises: NotFoundError (not visible), PermissionDeniedError (visible, but neither owned
+        nor assigned), StaleWriteError, ValidationError.
         """
         changes: dict[str, Any] = {}
         if title is not None:
-            changes["title"] = check_text("title", title, max_chars=MAX_TITLE_CHARS)
+            changes["title"] = check_text("title", title, max_chars=MAX_NAME_CHARS)
         if description is not None:
             changes["description"] = check_text(
                 "description", description, max_chars=MAX_TEXT_CHARS
@@ -187,7 +193,7 @@ class PgTasks(TaskGraph):
             changes["due_at"] = optional_utc(due_at)
         patch = None if metadata is None else canonical_json(metadata)  # validates
         new_status = None if status is None else check_choice("status", status, TASK_STATUSES)
-        checked_fence = None if fence is None else _check_fence(fence)
+        checked_fence = None if fence is None else check_fence(fence)
         now = now_utc()
         async with self._scope.tx("updating a task") as conn:
             if checked_fence is not None:
@@ -201,12 +207,16 @@ class PgTasks(TaskGraph):
                     "SELECT agentbus_has_open_dependency($1)", current["id"]
                 ):
                     new_status = "blocked"
-                changes["status"] = new_status
-                changes["started_at"], changes["completed_at"] = status_stamps(
-                    current["status"], new_status, now, current["started_at"],
-                    current["completed_at"],
-                )  # fmt: skip
-            await self._apply(conn, current, changes, now)
+                if new_status != current["status"]:
+                    changes["status"] = new_status
+                    changes["started_at"], changes["completed_at"] = status_stamps(
+                        current["status"], new_status, now, current["started_at"],
+                        current["completed_at"],
+                    )  # fmt: skip
+            if "assignee" in changes and changes["assignee"] == current["assignee"]:
+                del changes["assignee"]
+            if changes:  # nothing to change (no fields, same status or assignee): no write
+                await self._apply(conn, current, changes, now)
             return await fetch_task(conn, self._agent, current["id"])
 
     async def _apply(
@@ -215,14 +225,14 @@ class PgTasks(TaskGraph):
         names = list(changes)
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=3))
         await conn.execute(
-            f"UPDATE tasks SET updated_at = $2{', ' if names else ''}{assignments} WHERE id = $1",
+            f"UPDATE tasks SET updated_at = $2, {assignments} WHERE id = $1",
             current["id"], now, *(changes[name] for name in names),
         )  # fmt: skip
         task_id = current["id"]
-        if "status" in changes and changes["status"] != current["status"]:
+        if "status" in changes:
             detail = {"from": current["status"], "to": changes["status"]}
             await record_event(conn, task_id, now, "status", self._agent, detail)
-        if "assignee" in changes and changes["assignee"] != current["assignee"]:
+        if "assignee" in changes:
             detail = {"from": current["assignee"], "to": changes["assignee"]}
             await record_event(conn, task_id, now, "assigned", self._agent, detail)
         other = sorted(set(names) - {"status", "assignee", "started_at", "completed_at"})
@@ -240,7 +250,8 @@ class PgTasks(TaskGraph):
     async def delete_task(self, task_id: str) -> bool:
         """Delete one of this agent's tasks (True); dependents it blocked are re-evaluated.
 
-        Raises: NotFoundError unless this agent owns the task.
+        Raises: NotFoundError (not visible), PermissionDeniedError (visible but another agent's,
+        even when this agent is its assignee).
         """
         async with self._scope.tx("deleting a task") as conn:
             resolved = await resolve(conn, self._agent, task_id)
@@ -248,7 +259,9 @@ class PgTasks(TaskGraph):
                 "DELETE FROM tasks WHERE id = $1 AND agent_id = $2", resolved, self._agent
             )
         if status == "DELETE 0":
-            raise NotFoundError(f"task {task_id} not found among agent {self._agent!r}'s tasks")
+            raise PermissionDeniedError(
+                f"task {task_id} can be deleted by its owner only, not by agent {self._agent!r}"
+            )
         return True
 
     async def list_tasks(
@@ -261,7 +274,7 @@ class PgTasks(TaskGraph):
         """Visible tasks in task order: priority (urgent first), due (nulls last), created, id.
 
         ``assignee=UNASSIGNED`` lists unassigned tasks; every tag must be present;
-        ``due_before``/``due_after`` are strict.
+        ``due_after <= due_at < due_before`` (a half-open range; undated tasks are in none).
         """
         statuses = None
         if status is not None:
@@ -298,17 +311,6 @@ class PgTasks(TaskGraph):
 
     async def get_tasks_by_project(self, project: str, *, limit: int = 200) -> list[Task]:
         return await self.list_tasks(project=project, limit=limit)
-
-
-def _check_fence(fence: tuple[str, int]) -> tuple[str, int]:
-    try:
-        name, token = fence
-    except (TypeError, ValueError):
-        raise ValidationError("fence must be a (name, token) pair") from None
-    name = check_text("fence name", name, max_chars=MAX_NAME_CHARS)
-    if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < 2**63:
-        raise ValidationError(f"fencing token must be a non-negative integer, got {token!r}")
-    return name, token
 
 
 async def _require_team(conn: Conn, team_id: str, agent: str) -> None:

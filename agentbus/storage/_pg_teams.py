@@ -1,7 +1,10 @@
 """Teams and the family registry on PostgreSQL.
 
 A team is seen by its creator and its members (of a disbanded team too: the record stays) and
-changed by its creator or its lead. Team membership is what grants ``team`` visibility to
+changed (members added, re-roled or removed; disbanded) by its creator or its lead only; any
+member may leave it (``remove_member`` of itself). Another agent that sees the team gets
+PermissionDeniedError, one that does not see it NotFoundError. A disbanded team's membership is
+frozen (ValidationError), leaving included. Team membership is what grants ``team`` visibility to
 memory items and tasks, checked by the SECURITY DEFINER helpers of migration 0002; a disbanded
 team grants none. The registry (``agents``) is family-wide: every agent may read and update it.
 """
@@ -9,17 +12,22 @@ team grants none. The registry (``agents``) is family-wide: every agent may read
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, get_args
+from typing import Any
 
 from ._canonical import canonical_json, check_choice, check_text, now_utc
-from ._errors import NotFoundError, ValidationError
-from ._models import AgentRecord, AgentStatus, Team, TeamMember, TeamRole
-from ._pg_checks import MAX_NAME_CHARS, agent_ref, new_id, ref_id
+from ._errors import NotFoundError, PermissionDeniedError, ValidationError
+from ._models import (
+    AGENT_STATUSES,
+    MAX_NAME_CHARS,
+    TEAM_ROLES,
+    AgentRecord,
+    Team,
+    TeamMember,
+    TeamRole,
+)
+from ._pg_checks import agent_ref, new_id, ref_id
 from ._pg_core import Conn, Scope
 from ._pg_rows import AGENT_COLUMNS, agent as agent_row, team as team_row
-
-TEAM_ROLES: tuple[TeamRole, ...] = get_args(TeamRole)
-AGENT_STATUSES: tuple[AgentStatus, ...] = get_args(AgentStatus)
 
 _TEAM = "SELECT t.id, t.agent_id, t.name, t.lead, t.status, t.metadata, t.created_at FROM teams t"
 _MEMBERS = (
@@ -86,8 +94,8 @@ class PgTeams:
     async def add_member(self, team_id: str, agent_id: str, *, role: TeamRole = "member") -> Team:
         """Add (or re-role) a member; role ``lead`` makes it the team's lead.
 
-        Raises: NotFoundError (team invisible, or this agent neither its creator nor its lead),
-        ValidationError (disbanded team).
+        Raises: NotFoundError (team invisible), PermissionDeniedError (this agent neither its
+        creator nor its lead), ValidationError (disbanded team).
         """
         member = agent_ref(agent_id, "agent_id")
         role = check_choice("role", role, TEAM_ROLES)
@@ -105,7 +113,8 @@ class PgTeams:
     async def update_member(self, team_id: str, agent_id: str, *, role: TeamRole) -> Team:
         """Change a member's role; ``lead`` hands the lead over (the old lead stays a member).
 
-        Raises: NotFoundError (no such member), ValidationError (demoting the only lead).
+        Raises: NotFoundError (team invisible, no such member), PermissionDeniedError,
+        ValidationError (demoting the only lead, disbanded team).
         """
         member = agent_ref(agent_id, "agent_id")
         role = check_choice("role", role, TEAM_ROLES)
@@ -122,17 +131,20 @@ class PgTeams:
 
     async def remove_member(self, team_id: str, agent_id: str) -> Team:
         """Remove a member (a member may also remove itself: leave). The lead cannot be removed
-        before the lead is handed over.
+        before the lead is handed over. Returns the team as it was, without the member.
 
-        Raises: NotFoundError, ValidationError.
+        Raises: NotFoundError, PermissionDeniedError (removing another member without being
+        the creator or the lead), ValidationError (the lead, disbanded team).
         """
         member = agent_ref(agent_id, "agent_id")
         async with self._scope.tx("removing a team member") as conn:
             if member == self._agent:  # leaving needs no manager
-                locked = await _team(conn, ref_id(team_id, "team_id"), lock=False)
+                team = await _team(conn, ref_id(team_id, "team_id"))
+                if team["status"] == "disbanded":
+                    raise ValidationError(f"team {team_id} is disbanded; its membership is kept")
             else:
-                locked = await self._managed(conn, team_id)
-            before = await _fetch_team(conn, locked["id"])
+                team = await self._managed(conn, team_id)
+            before = await _fetch_team(conn, team["id"])
             if member == before.lead:
                 raise ValidationError(
                     f"{member!r} leads team {before.id}; hand the lead to another member first"
@@ -145,7 +157,10 @@ class PgTeams:
 
     async def disband_team(self, team_id: str) -> Team:
         """Status ``disbanded`` (idempotent): members are kept for the record, the team grants
-        no ``team`` visibility any more and ``team_members()`` of it is empty."""
+        no ``team`` visibility any more and ``team_members()`` of it is empty.
+
+        Raises: NotFoundError, PermissionDeniedError (neither the creator nor the lead).
+        """
         async with self._scope.tx("disbanding a team") as conn:
             team = await self._managed(conn, team_id, allow_disbanded=True)
             await conn.execute(
@@ -162,20 +177,27 @@ class PgTeams:
         return [] if team.status == "disbanded" else team.members
 
     async def _managed(self, conn: Conn, team_id: str, *, allow_disbanded: bool = False) -> Any:
-        team = await _team(conn, ref_id(team_id, "team_id"))
-        if self._agent not in (team["agent_id"], team["lead"]):
-            raise NotFoundError(
-                f"team {team_id} is not managed by agent {self._agent!r}: only its creator or "
-                "its lead may change it"
+        """The team, locked, when this agent may change it: NotFoundError when it cannot see
+        it, PermissionDeniedError when it sees it but is neither its creator nor its lead."""
+        seen = await _team(conn, ref_id(team_id, "team_id"))
+        # FOR UPDATE applies the update policy as well: only the creator or the lead gets the
+        # row (None too when the lead was handed over in between).
+        team = None
+        if self._agent in (seen["agent_id"], seen["lead"]):
+            team = await conn.fetchrow(f"{_TEAM} WHERE t.id = $1 FOR UPDATE", seen["id"])
+        if team is None or self._agent not in (team["agent_id"], team["lead"]):
+            raise PermissionDeniedError(
+                f"team {team_id} can be changed by its creator or its lead only, not by agent "
+                f"{self._agent!r}"
             )
         if team["status"] == "disbanded" and not allow_disbanded:
             raise ValidationError(f"team {team_id} is disbanded")
         return team
 
 
-async def _team(conn: Conn, team_id: str, *, lock: bool = True) -> Any:
-    # FOR UPDATE also applies the update policy: only the creator or the lead gets the row.
-    row = await conn.fetchrow(f"{_TEAM} WHERE t.id = $1{' FOR UPDATE' if lock else ''}", team_id)
+async def _team(conn: Conn, team_id: str) -> Any:
+    """The team row, if this agent can see it (the select policy). Raises: NotFoundError."""
+    row = await conn.fetchrow(f"{_TEAM} WHERE t.id = $1", team_id)
     if row is None:
         raise NotFoundError(f"team {team_id} not found")
     return row

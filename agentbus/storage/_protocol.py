@@ -164,6 +164,11 @@ class MemoryStore(Protocol):
 
 
 class TaskStore(Protocol):
+    """Tasks visible to the agent: its own, ``family``/``public`` ones and ``team`` ones of its
+    active teams. Only the owner (creator) or the current assignee changes a task (update,
+    hand-off, dependencies); only the owner deletes it. A task the agent cannot see is
+    ``NotFoundError``; one it sees but may not change ``PermissionDeniedError``."""
+
     async def create_task(
         self, title: str, *, description: str | None = None, priority: Priority = "normal",
         assignee: str | None = None, team_id: str | None = None, project: str | None = None,
@@ -188,7 +193,7 @@ class TaskStore(Protocol):
         """``metadata`` is merged (keys set to None are removed), never replaced wholesale.
         Status changes stamp ``started_at``/``completed_at``; completing the last open
         dependency of a blocked task makes it ``pending``. ``fence=(name, token)`` refuses the
-        write (``StaleWriteError``) when a newer token was seen for ``name``."""
+        write (``StaleWriteError``) when this agent already used a newer token for ``name``."""
         ...
 
     async def delete_task(self, task_id: str) -> bool: ...
@@ -199,7 +204,8 @@ class TaskStore(Protocol):
         tags: Sequence[str] = (), due_before: datetime | None = None,
         due_after: datetime | None = None, limit: int = 50, offset: int = 0,
     ) -> list[Task]:  # fmt: skip
-        """``assignee=UNASSIGNED`` lists unassigned tasks; ``tags`` must all be present."""
+        """``assignee=UNASSIGNED`` lists unassigned tasks; ``tags`` must all be present;
+        ``due_after <= due_at < due_before``."""
         ...
 
     async def search_tasks(self, query: str, *, limit: int = 20) -> list[Task]: ...
@@ -227,6 +233,11 @@ class TaskStore(Protocol):
 
 
 class TeamStore(Protocol):
+    """Teams seen by their creator and members. Only the creator or the lead adds, re-roles or
+    removes members and disbands the team (``PermissionDeniedError`` for another agent that
+    sees it, ``NotFoundError`` for one that does not); any member may leave. A disbanded team's
+    membership is frozen (``ValidationError``)."""
+
     async def create_team(
         self, name: str, *, lead: str | None = None, members: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None, id: str | None = None,

@@ -1,6 +1,6 @@
 """Rules shared by every backend, computed in Python so that backends cannot drift apart:
-Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions, and
-the id checks of every store.
+Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions,
+offsets, tags and fences, and the id checks of every store.
 
 Ids, one rule for every store and backend: an id to look up (``check_ref``) that is not text,
 empty, longer than ``MAX_ID_CHARS`` or holding NUL is a ValidationError naming the field; a
@@ -22,7 +22,7 @@ from .._errors import InvalidAgentIdError
 from .._ids import uuid7, validate_agent_id
 from ._canonical import check_text
 from ._errors import ValidationError
-from ._models import DONE_STATUSES, MAX_ID_CHARS, RRF_K, TaskStatus
+from ._models import DONE_STATUSES, MAX_ID_CHARS, MAX_NAME_CHARS, RRF_K, TaskStatus
 
 
 def fuse_rrf(
@@ -80,6 +80,42 @@ def check_limit(limit: int, *, maximum: int = 1000) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
         raise ValidationError(f"limit must be an integer from 1 to {maximum}, got {limit!r}")
     return limit
+
+
+def check_offset(offset: object) -> int:
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationError(f"offset must be a non-negative integer, got {offset!r}")
+    return offset
+
+
+def check_tags(tags: object) -> list[str]:
+    """Task tags: a sequence of texts (not one string), each at most ``MAX_NAME_CHARS``;
+    a repeated tag is kept once, where it first appears."""
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, Sequence):
+        raise ValidationError(f"tags must be a sequence of strings, got {type(tags).__name__}")
+    checked = [check_text("tag", tag, max_chars=MAX_NAME_CHARS) for tag in tags]
+    return list(dict.fromkeys(checked))
+
+
+MAX_FENCING_TOKEN = 2**63 - 1
+"""The largest fencing token (a signed 64-bit integer on every backend)."""
+
+
+def check_fence(fence: object) -> tuple[str, int]:
+    """``fence=(name, token)``: a pair (tuple or list) of a name (at most ``MAX_NAME_CHARS``)
+    and an integer token from 0 to ``MAX_FENCING_TOKEN``.
+
+    Raises: ValidationError.
+    """
+    if not isinstance(fence, (tuple, list)) or len(fence) != 2:
+        raise ValidationError(f"fence must be a (name, token) pair, got {fence!r}")
+    name = check_text("fence name", fence[0], max_chars=MAX_NAME_CHARS)
+    token = fence[1]
+    if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token <= MAX_FENCING_TOKEN:
+        raise ValidationError(
+            f"fencing token must be an integer from 0 to {MAX_FENCING_TOKEN}, got {token!r}"
+        )
+    return name, token
 
 
 def check_ref(field: str, value: object) -> str:

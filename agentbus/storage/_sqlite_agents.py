@@ -14,12 +14,10 @@ from typing import Any
 
 from ._canonical import canonical_json, check_choice, check_optional_text, now_utc
 from ._errors import NotFoundError
-from ._models import MAX_TITLE_CHARS, AgentRecord, AgentStatus
+from ._models import AGENT_STATUSES, MAX_NAME_CHARS, AgentRecord
 from ._rules import check_agent_ref, check_ref
 from ._sqlite_codec import AGENT_COLUMNS, agent_from_row, ts
 from ._sqlite_db import Database
-
-AGENT_STATUSES: tuple[AgentStatus, ...] = ("active", "idle", "offline", "disabled")
 
 
 class SQLiteAgentStore:
@@ -38,8 +36,8 @@ class SQLiteAgentStore:
         name/role/config).
         """
         check_agent_ref("agent_id", agent_id)
-        check_optional_text("name", name, max_chars=MAX_TITLE_CHARS)
-        check_optional_text("role", role, max_chars=MAX_TITLE_CHARS)
+        check_optional_text("name", name, max_chars=MAX_NAME_CHARS)
+        check_optional_text("role", role, max_chars=MAX_NAME_CHARS)
         status = check_choice("status", status, AGENT_STATUSES)
         config_json = None if config is None else canonical_json(config)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 from .._ids import uuid7
 from ._canonical import (
@@ -31,6 +31,7 @@ from ._canonical import (
 )
 from ._errors import NotFoundError, ValidationError
 from ._models import (
+    CANDIDATE_STATUSES,
     MAX_SUMMARY_CHARS,
     CandidateStatus,
     LiveCandidate,
@@ -42,7 +43,6 @@ from ._sqlite_codec import one, parse_ts, ts, visible_sql
 from ._sqlite_db import Database, Scoped
 from ._sqlite_memory import ItemOps
 
-CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = get_args(CandidateStatus)
 COLUMNS = (
     "id, agent_id, summary, similar_item_id, similarity, status, resolved_item_id, metadata,"
     " created_at, updated_at"

@@ -210,9 +210,14 @@ def lesson_from_row(row: Sequence[Any]) -> Lesson:
 TASK_COLUMNS = (
     "t.id, t.short_id, t.agent_id, t.title, t.description, t.status, t.priority, t.assignee,"
     " t.team_id, t.project, t.tags, t.visibility, t.due_at, t.started_at, t.completed_at,"
-    " t.metadata, (SELECT json_group_array(d.depends_on) FROM (SELECT depends_on FROM"
-    " task_dependencies WHERE task_id = t.id ORDER BY dep_key) d), t.created_at, t.updated_at"
+    " t.metadata, (SELECT json_group_array(d.depends_on) FROM (SELECT td.depends_on FROM"
+    " task_dependencies td JOIN tasks dt ON dt.id = td.depends_on"
+    f" WHERE td.task_id = t.id AND {visible_sql('dt')} ORDER BY td.dep_key) d),"
+    " t.created_at, t.updated_at"
 )
+"""A task's columns for :func:`task_from_row`; ``depends_on`` lists only the dependencies the
+acting agent can see (another agent's private task is never named), so the columns take two
+parameters, both the acting agent's id, before any of the query's own."""
 
 
 def task_from_row(row: Sequence[Any]) -> Task:

@@ -14,7 +14,14 @@ import sqlite3
 from .._ids import uuid7
 from ._canonical import check_optional_text, check_text, now_utc
 from ._errors import NotFoundError
-from ._models import MAX_SUMMARY_CHARS, MAX_TEXT_CHARS, MAX_TITLE_CHARS, Category, Entity
+from ._models import (
+    MAX_LABEL_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SUMMARY_CHARS,
+    MAX_TEXT_CHARS,
+    Category,
+    Entity,
+)
 from ._rules import check_limit, check_ref
 from ._sqlite_codec import (
     CATEGORY_COLUMNS,
@@ -42,7 +49,7 @@ class GraphOps(Scoped):
     async def create_category(self, name: str, *, description: str | None = None) -> Category:
         """Get-or-create by name (case-insensitive) for this agent; an existing category is
         returned unchanged."""
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
         check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS)
 
         def write(conn: sqlite3.Connection) -> Category:
@@ -118,8 +125,8 @@ class GraphOps(Scoped):
     ) -> Entity:
         """Get-or-create by name (case-insensitive) for this agent; concurrent calls for one
         name make one row, and an existing entity is returned unchanged."""
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
-        check_text("entity_type", entity_type, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
+        check_text("entity_type", entity_type, max_chars=MAX_LABEL_CHARS)
         check_optional_text("profile", profile, max_chars=MAX_TEXT_CHARS)
 
         def write(conn: sqlite3.Connection) -> Entity:
@@ -140,7 +147,7 @@ class GraphOps(Scoped):
 
     async def get_entity(self, entity_id_or_name: str) -> Entity | None:
         """One of this agent's entities by id, or else by name (case-insensitive)."""
-        check_text("entity_id_or_name", entity_id_or_name, max_chars=MAX_TITLE_CHARS)
+        check_text("entity_id_or_name", entity_id_or_name, max_chars=MAX_NAME_CHARS)
 
         def read(conn: sqlite3.Connection) -> Entity | None:
             row = conn.execute(

@@ -21,8 +21,8 @@ from ._canonical import canonical_json, check_choice, check_optional_text, check
 from ._errors import NotFoundError
 from ._knowledge_rules import COLLECTION_VISIBILITIES, check_grantee, creator_is_permanent
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_SUMMARY_CHARS,
-    MAX_TITLE_CHARS,
     PERMISSIONS,
     CollectionVisibility,
     KnowledgeCollection,
@@ -58,7 +58,7 @@ class CollectionOps(AccessOps):
         collection = (
             new_id(id),
             self._agent,
-            check_text("name", name, max_chars=MAX_TITLE_CHARS),
+            check_text("name", name, max_chars=MAX_NAME_CHARS),
             check_optional_text("description", description, max_chars=MAX_SUMMARY_CHARS),
             check_choice("visibility", visibility, COLLECTION_VISIBILITIES),
             canonical_json(metadata),

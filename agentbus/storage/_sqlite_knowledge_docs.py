@@ -17,15 +17,14 @@ from ._knowledge_rules import check_embeddings
 from ._models import (
     CHUNK_CHARS,
     CHUNK_OVERLAP,
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
     KnowledgeDocument,
 )
 from ._protocol import Vector
-from ._rules import check_limit, check_ref, new_id
+from ._rules import check_limit, check_offset, check_ref, new_id
 from ._sqlite_codec import parse_ts, ts, vector_blob
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
-from ._sqlite_memory import check_offset
 
 DOCUMENT_COLUMNS = "id, collection_id, agent_id, title, content, metadata, chunk_count, created_at"
 
@@ -58,7 +57,7 @@ class DocumentOps(AccessOps):
         """
         check_ref("collection_id", collection_id)
         document_id = new_id(id)
-        check_text("title", title, max_chars=MAX_TITLE_CHARS)
+        check_text("title", title, max_chars=MAX_NAME_CHARS)
         check_text("content", content, max_chars=MAX_TEXT_CHARS)
         meta = canonical_json(metadata)
         chunks = chunk_text(content, size=CHUNK_CHARS, overlap=CHUNK_OVERLAP)

@@ -23,12 +23,12 @@ from typing import Any
 
 from ._canonical import check_choice, check_text, check_vector
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, KnowledgeHit, SearchMode
+from ._models import MAX_TEXT_CHARS, SEARCH_MODES, KnowledgeHit, SearchMode
 from ._protocol import Vector
 from ._rules import check_limit, check_ref, fuse_rrf
 from ._sqlite_chunk_vectors import chunk_ref
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
-from ._sqlite_search import SEARCH_MODES, branch_size, fts_query
+from ._sqlite_search import branch_size, fts_query
 
 Ranked = list[tuple[str, int, float]]  # (chunk ref, chunk key, score), best first
 

@@ -28,8 +28,10 @@ from ._canonical import (
 )
 from ._errors import NotFoundError, ValidationError
 from ._models import (
+    MAX_LABEL_CHARS,
     MAX_SUMMARY_CHARS,
-    MAX_TITLE_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_URL_CHARS,
     MEMORY_TYPES,
     VISIBILITIES,
     MemoryItem,
@@ -39,7 +41,7 @@ from ._models import (
     Visibility,
 )
 from ._protocol import Vector
-from ._rules import check_limit, check_optional_ref, check_ref, new_id
+from ._rules import check_limit, check_offset, check_optional_ref, check_ref, new_id
 from ._sqlite_codec import (
     ITEM_COLUMNS,
     RESOURCE_COLUMNS,
@@ -70,12 +72,6 @@ _INSERT_ITEM = (
 )
 
 
-def check_offset(offset: int) -> int:
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationError(f"offset must be a non-negative integer, got {offset!r}")
-    return offset
-
-
 class ItemOps(Scoped):
     # -- resources ----------------------------------------------------------------------------
 
@@ -86,9 +82,9 @@ class ItemOps(Scoped):
         values = [
             new_id(id),
             self._agent,
-            check_text("url", url, max_chars=MAX_SUMMARY_CHARS),
-            check_text("modality", modality, max_chars=MAX_TITLE_CHARS),
-            check_optional_text("caption", caption, max_chars=MAX_SUMMARY_CHARS),
+            check_text("url", url, max_chars=MAX_URL_CHARS),
+            check_text("modality", modality, max_chars=MAX_LABEL_CHARS),
+            check_optional_text("caption", caption, max_chars=MAX_TEXT_CHARS),
             canonical_json(metadata),
             ts(now_utc()),
         ]

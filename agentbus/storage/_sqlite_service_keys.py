@@ -24,7 +24,7 @@ from .._errors import ConfigError
 from ._canonical import canonical_json, check_text, now_utc, parse_json
 from ._crypto import MasterKey, SealedSecret, rewrap, seal, unseal
 from ._errors import NotFoundError, SecretDecryptionError, StorageError
-from ._models import MAX_TITLE_CHARS, ServiceKeyInfo
+from ._models import MAX_NAME_CHARS, ServiceKeyInfo
 from ._secret import SecretValue, check_secret
 from ._sqlite_codec import parse_ts, ts
 from ._sqlite_db import Database, Scoped
@@ -121,7 +121,7 @@ class SQLiteServiceKeyStore(Scoped):
 
         Raises: ValidationError (name, secret, metadata; the message never shows the secret).
         """
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
         check_secret(secret)
         meta = None if metadata is None else canonical_json(metadata)
         return await self._db.write(lambda conn: self._store(conn, name, secret, meta, False))
@@ -131,7 +131,7 @@ class SQLiteServiceKeyStore(Scoped):
 
         Raises: NotFoundError (no secret of that name), ValidationError.
         """
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
         check_secret(secret)
         return await self._db.write(lambda conn: self._store(conn, name, secret, None, True))
 
@@ -172,7 +172,7 @@ class SQLiteServiceKeyStore(Scoped):
         Raises: SecretDecryptionError (another master key, or the stored data was altered),
         ValidationError (the name).
         """
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
 
         def read(conn: sqlite3.Connection) -> SecretValue | None:
             row = conn.execute(
@@ -206,7 +206,7 @@ class SQLiteServiceKeyStore(Scoped):
 
         Raises: ValidationError (the name).
         """
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
 
         def write(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(

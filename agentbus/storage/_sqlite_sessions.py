@@ -26,9 +26,9 @@ from ._canonical import (
 )
 from ._errors import NotFoundError, ValidationError
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_SUMMARY_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
     ModelFeedback,
     Observation,
     RatingResult,
@@ -99,11 +99,11 @@ class SQLiteObservationStore(Scoped):
         row = (
             uuid7(),
             self._agent,
-            check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS),
-            check_text("kind", kind, max_chars=MAX_TITLE_CHARS),
+            check_text("session_id", session_id, max_chars=MAX_NAME_CHARS),
+            check_text("kind", kind, max_chars=MAX_NAME_CHARS),
             check_text("summary", summary, max_chars=MAX_SUMMARY_CHARS),
             canonical_json(detail),
-            check_optional_text("tool", tool, max_chars=MAX_TITLE_CHARS),
+            check_optional_text("tool", tool, max_chars=MAX_NAME_CHARS),
             ts(start),
             opt_ts(end),
             ts(now),
@@ -130,10 +130,10 @@ class SQLiteObservationStore(Scoped):
         where, params = "o.agent_id = ?", [self._agent]
         if session_id is not None:
             where += " AND o.session_id = ?"
-            params.append(check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS))
+            params.append(check_text("session_id", session_id, max_chars=MAX_NAME_CHARS))
         if kind is not None:
             where += " AND o.kind = ?"
-            params.append(check_text("kind", kind, max_chars=MAX_TITLE_CHARS))
+            params.append(check_text("kind", kind, max_chars=MAX_NAME_CHARS))
 
         def read(conn: sqlite3.Connection) -> list[Observation]:
             rows = conn.execute(
@@ -186,8 +186,8 @@ class SQLiteFeedbackStore(Scoped):
         row = (
             uuid7(),
             self._agent,
-            check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS),
-            check_text("model", model, max_chars=MAX_TITLE_CHARS),
+            check_text("session_id", session_id, max_chars=MAX_NAME_CHARS),
+            check_text("model", model, max_chars=MAX_NAME_CHARS),
             check_optional_text("task", task, max_chars=MAX_SUMMARY_CHARS),
             None if self_evaluation is None else check_unit("self_evaluation", self_evaluation),
             None,
@@ -240,7 +240,7 @@ class SQLiteFeedbackStore(Scoped):
 
         Raises: ValidationError (the session id).
         """
-        check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS)
+        check_text("session_id", session_id, max_chars=MAX_NAME_CHARS)
         found = await self.list_feedback(limit=1, session_id=session_id)
         return found[0] if found else None
 
@@ -255,10 +255,10 @@ class SQLiteFeedbackStore(Scoped):
         where, params = "agent_id = ?", [self._agent]
         if model is not None:
             where += " AND model = ?"
-            params.append(check_text("model", model, max_chars=MAX_TITLE_CHARS))
+            params.append(check_text("model", model, max_chars=MAX_NAME_CHARS))
         if session_id is not None:
             where += " AND session_id = ?"
-            params.append(check_text("session_id", session_id, max_chars=MAX_TITLE_CHARS))
+            params.append(check_text("session_id", session_id, max_chars=MAX_NAME_CHARS))
 
         def read(conn: sqlite3.Connection) -> list[ModelFeedback]:
             rows = conn.execute(

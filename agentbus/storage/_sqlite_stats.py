@@ -8,12 +8,9 @@ checks reads (``_sqlite_knowledge_acl``), so a collection it cannot read is neve
 from __future__ import annotations
 
 import sqlite3
-from typing import get_args
 
-from ._models import CandidateStatus, MemoryStats
+from ._models import CANDIDATE_STATUSES, MemoryStats
 from ._sqlite_knowledge_acl import COLLECTION_FROM, HELD, PERMITTED_SQL, READABLE
-
-CANDIDATE_STATUSES: tuple[CandidateStatus, ...] = get_args(CandidateStatus)
 
 _OWN_COUNTS = {
     "resources": "SELECT count(*) FROM resources WHERE agent_id = :me",

@@ -5,7 +5,10 @@ Blocking rule: an *open* dependency (pending, blocked, in_progress) blocks. A ``
 with an open dependency becomes ``blocked``; a ``blocked`` task whose dependencies are all done
 (completed, failed or cancelled) becomes ``pending``. Other statuses are the caller's to set and
 are left alone (an in_progress task does not stop when a dependency is added or reopened).
-Every automatic change is recorded in the task's history as a ``status`` event.
+Every automatic change is recorded in the task's history as a ``status`` event with reason
+``dependencies`` (the same line PostgreSQL's trigger writes; it names no other task).
+
+Fencing tokens are kept per (agent, name), as on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from ._canonical import canonical_json, check_text
-from ._errors import AmbiguousIdError, DependencyCycleError, StaleWriteError, ValidationError
-from ._models import MAX_TITLE_CHARS, OPEN_STATUSES, TaskStatus
+from ._canonical import canonical_json
+from ._errors import AmbiguousIdError, DependencyCycleError, StaleWriteError
+from ._models import OPEN_STATUSES, TaskStatus
 from ._rules import check_ref, short_task_ref
 from ._sqlite_codec import one, visible_sql
 
@@ -96,7 +99,7 @@ def settled_status(conn: sqlite3.Connection, task_id: str, status: TaskStatus) -
     return status
 
 
-def settle(conn: sqlite3.Connection, task_id: str, by: str, now: str, reason: str) -> None:
+def settle(conn: sqlite3.Connection, task_id: str, by: str, now: str) -> None:
     """Apply the blocking rule to one task after its dependencies changed."""
     status = one(conn, "SELECT status FROM tasks WHERE id = ?", (task_id,))
     if status not in ("pending", "blocked"):
@@ -106,7 +109,8 @@ def settle(conn: sqlite3.Connection, task_id: str, by: str, now: str, reason: st
         conn.execute(
             "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ?", (new, now, task_id)
         )
-        add_event(conn, task_id, "status", by, {"from": status, "to": new, "reason": reason}, now)
+        detail = {"from": status, "to": new, "reason": "dependencies"}
+        add_event(conn, task_id, "status", by, detail, now)
 
 
 def settle_dependents(conn: sqlite3.Connection, task_id: str, by: str, now: str) -> None:
@@ -116,32 +120,24 @@ def settle_dependents(conn: sqlite3.Connection, task_id: str, by: str, now: str)
         "SELECT task_id FROM task_dependencies WHERE depends_on = ? ORDER BY dep_key", (task_id,)
     ).fetchall()
     for (dependent,) in dependents:
-        settle(conn, dependent, by, now, reason=f"dependency {task_id} changed")
+        settle(conn, dependent, by, now)
 
 
-def check_fence(conn: sqlite3.Connection, fence: object) -> None:
-    """Refuse a write whose fencing token is older than one seen for its name; else remember
-    the highest token. Runs in the write's own transaction.
+def record_fence(conn: sqlite3.Connection, agent_id: str, fence: tuple[str, int]) -> None:
+    """Refuse a write whose fencing token is older than one this agent used for the name; else
+    remember the highest token. Runs in the write's own transaction; ``fence`` is checked by
+    ``_rules.check_fence``.
 
-    Raises: StaleWriteError, ValidationError (not a ``(name, token)`` pair).
+    Raises: StaleWriteError.
     """
-    if (
-        not isinstance(fence, tuple)
-        or len(fence) != 2
-        or not isinstance(fence[1], int)
-        or isinstance(fence[1], bool)
-        or fence[1] < 0
-    ):
-        raise ValidationError(f"fence must be (name, token) with a non-negative int, got {fence!r}")
-    name = check_text("fence name", fence[0], max_chars=MAX_TITLE_CHARS)
-    token: int = fence[1]
-    seen = one(conn, "SELECT token FROM fences WHERE name = ?", (name,))
+    name, token = fence
+    seen = one(conn, "SELECT token FROM fences WHERE agent_id = ? AND name = ?", (agent_id, name))
     if seen is not None and token < seen:
         raise StaleWriteError(
             f"fencing token {token} for {name!r} is older than {seen}: another holder took over"
         )
     conn.execute(
-        "INSERT INTO fences (name, token) VALUES (?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET token = max(token, excluded.token)",
-        (name, token),
+        "INSERT INTO fences (agent_id, name, token) VALUES (?, ?, ?)"
+        " ON CONFLICT (agent_id, name) DO UPDATE SET token = max(token, excluded.token)",
+        (agent_id, name, token),
     )

@@ -1,8 +1,12 @@
 """Changes to existing SQLite tasks: ``update_task`` (fenced), dependencies, hand-off.
 
+Who may change a task: its owner (creator) or its current assignee; a task the agent cannot see
+is NotFoundError, one it sees but may not change PermissionDeniedError (as on PostgreSQL).
+
 Every change is one write transaction that also records the task's history: ``status``
 (``from``/``to``), ``assigned`` (``from``/``to``), ``handoff`` (``from``/``to``/``note``) and
-``updated`` (the names of the other fields that changed, or the dependency added/removed).
+``updated`` (``fields``: the names of the other fields that changed, ``depends_on`` for a
+dependency added or removed).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from ._canonical import (
     optional_utc,
     parse_json,
 )
-from ._errors import NotFoundError, ValidationError
+from ._errors import NotFoundError, PermissionDeniedError
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
+    PRIORITIES,
     PRIORITY_RANK,
     TASK_STATUSES,
     UNASSIGNED,
@@ -33,31 +38,26 @@ from ._models import (
     Task,
     TaskStatus,
 )
-from ._rules import check_agent_ref, merge_metadata, status_stamps
+from ._rules import check_agent_ref, check_fence, check_tags, merge_metadata, status_stamps
 from ._sqlite_codec import TASK_COLUMNS, opt_ts, parse_ts, task_from_row, ts
 from ._sqlite_db import Scoped
 from ._sqlite_task_deps import (
     add_event,
-    check_fence,
     check_no_cycle,
+    record_fence,
     resolve_task,
     settle,
     settle_dependents,
     settled_status,
 )
 
-PRIORITIES: tuple[Priority, ...] = tuple(PRIORITY_RANK)
 
-
-def fetch_task(conn: sqlite3.Connection, task_id: str) -> Task:
-    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ?", (task_id,)).fetchone()
+def fetch_task(conn: sqlite3.Connection, agent_id: str, task_id: str) -> Task:
+    """The task as ``agent_id`` sees it (dependencies it cannot see left out)."""
+    row = conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ?", (agent_id, agent_id, task_id)
+    ).fetchone()
     return task_from_row(row)
-
-
-def check_tags(tags: object) -> list[str]:
-    if isinstance(tags, str) or not isinstance(tags, Sequence):
-        raise ValidationError(f"tags must be a sequence of strings, got {type(tags).__name__}")
-    return [check_text("tag", tag, max_chars=MAX_TITLE_CHARS) for tag in tags]
 
 
 def canonical_list(values: list[str]) -> str:
@@ -71,6 +71,20 @@ class TaskEdits(Scoped):
         task_id = resolve_task(conn, self._agent, ref, field)
         if task_id is None:
             raise NotFoundError(f"task {ref} not found")
+        return task_id
+
+    def _writable(self, conn: sqlite3.Connection, ref: str) -> str:
+        """The full id of a task this agent may change: visible (else NotFoundError), owned or
+        assigned (else PermissionDeniedError)."""
+        task_id = self._resolve(conn, ref)
+        if not conn.execute(
+            "SELECT 1 FROM tasks WHERE id = ? AND ? IN (agent_id, assignee)",
+            (task_id, self._agent),
+        ).fetchone():
+            raise PermissionDeniedError(
+                f"task {ref} can be changed by its owner or its assignee only, not by agent "
+                f"{self._agent!r}"
+            )
         return task_id
 
     async def update_task(
@@ -87,12 +101,12 @@ class TaskEdits(Scoped):
         ``blocked``; finishing or reopening a task settles its dependents. ``fence=(name,
         token)`` is checked and recorded in the same transaction as the write.
 
-        Raises: StaleWriteError (an older token; nothing written), NotFoundError,
-        ValidationError.
+        Raises: StaleWriteError (an older token; nothing written), NotFoundError (not
+        visible), PermissionDeniedError (neither owned nor assigned), ValidationError.
         """
         changes: dict[str, Any] = {}
         if title is not None:
-            changes["title"] = check_text("title", title, max_chars=MAX_TITLE_CHARS)
+            changes["title"] = check_text("title", title, max_chars=MAX_NAME_CHARS)
         if description is not None:
             changes["description"] = check_optional_text(
                 "description", description, max_chars=MAX_TEXT_CHARS
@@ -101,7 +115,7 @@ class TaskEdits(Scoped):
             changes["priority"] = check_choice("priority", priority, PRIORITIES)
             changes["priority_rank"] = PRIORITY_RANK[changes["priority"]]
         if project is not None:
-            changes["project"] = check_text("project", project, max_chars=MAX_TITLE_CHARS)
+            changes["project"] = check_text("project", project, max_chars=MAX_NAME_CHARS)
         if tags is not None:
             changes["tags"] = canonical_list(check_tags(tags))
         if due_at is not None:
@@ -109,13 +123,14 @@ class TaskEdits(Scoped):
         new_assignee = _assignee(assignee)
         new_status = None if status is None else check_choice("status", status, TASK_STATUSES)
         patch = None if metadata is None else parse_json(canonical_json(metadata))
+        checked_fence = None if fence is None else check_fence(fence)
 
         def write(conn: sqlite3.Connection) -> Task:
-            if fence is not None:
-                check_fence(conn, fence)
-            found = self._resolve(conn, task_id)
+            if checked_fence is not None:
+                record_fence(conn, self._agent, checked_fence)
+            found = self._writable(conn, task_id)
             now = ts(now_utc())
-            current = fetch_task(conn, found)
+            current = fetch_task(conn, self._agent, found)
             row = dict(changes)
             if patch is not None:
                 row["metadata"] = canonical_json(merge_metadata(current.metadata, patch))
@@ -139,7 +154,7 @@ class TaskEdits(Scoped):
                 conn.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", [*row.values(), found])
             if "status" in row:
                 settle_dependents(conn, found, self._agent, now)
-            return fetch_task(conn, found)
+            return fetch_task(conn, self._agent, found)
 
         return await self._db.write(write)
 
@@ -161,11 +176,12 @@ class TaskEdits(Scoped):
         """Make ``task_id`` depend on ``depends_on`` (idempotent); a pending task becomes blocked
         while the dependency is open.
 
-        Raises: DependencyCycleError, NotFoundError (either task not visible).
+        Raises: DependencyCycleError, NotFoundError (either task not visible),
+        PermissionDeniedError (``task_id`` neither owned nor assigned).
         """
 
         def write(conn: sqlite3.Connection) -> Task:
-            task = self._resolve(conn, task_id)
+            task = self._writable(conn, task_id)
             dependency = self._resolve(conn, depends_on, "depends_on")
             check_no_cycle(conn, task, dependency)
             cursor = conn.execute(
@@ -174,46 +190,46 @@ class TaskEdits(Scoped):
                 (task, dependency),
             )
             if cursor.rowcount:
-                now = ts(now_utc())
-                detail = {"depends_on_added": dependency}
-                add_event(conn, task, "updated", self._agent, detail, now)
-                conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task))
-                settle(conn, task, self._agent, now, reason=f"dependency {dependency} added")
-            return fetch_task(conn, task)
+                self._dependencies_changed(conn, task)
+            return fetch_task(conn, self._agent, task)
 
         return await self._db.write(write)
 
     async def remove_dependency(self, task_id: str, depends_on: str) -> Task:
         """Remove a dependency (idempotent); a blocked task with no open dependency left
-        becomes pending. Raises: NotFoundError (either task not visible)."""
+        becomes pending. Raises: NotFoundError (either task not visible),
+        PermissionDeniedError (``task_id`` neither owned nor assigned)."""
 
         def write(conn: sqlite3.Connection) -> Task:
-            task = self._resolve(conn, task_id)
+            task = self._writable(conn, task_id)
             dependency = self._resolve(conn, depends_on, "depends_on")
             cursor = conn.execute(
                 "DELETE FROM task_dependencies WHERE task_id = ? AND depends_on = ?",
                 (task, dependency),
             )
             if cursor.rowcount:
-                now = ts(now_utc())
-                detail = {"depends_on_removed": dependency}
-                add_event(conn, task, "updated", self._agent, detail, now)
-                conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task))
-                settle(conn, task, self._agent, now, reason=f"dependency {dependency} removed")
-            return fetch_task(conn, task)
+                self._dependencies_changed(conn, task)
+            return fetch_task(conn, self._agent, task)
 
         return await self._db.write(write)
+
+    def _dependencies_changed(self, conn: sqlite3.Connection, task_id: str) -> None:
+        now = ts(now_utc())
+        add_event(conn, task_id, "updated", self._agent, {"fields": ["depends_on"]}, now)
+        conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task_id))
+        settle(conn, task_id, self._agent, now)
 
     async def handoff_task(self, task_id: str, to_agent: str, *, note: str | None = None) -> Task:
         """Assign to another agent, recorded in the task's history as a ``handoff`` event.
 
-        Raises: NotFoundError, ValidationError (agent id, note).
+        Raises: NotFoundError (not visible), PermissionDeniedError (neither owned nor assigned),
+        ValidationError (agent id, note).
         """
         check_agent_ref("to_agent", to_agent)
         check_optional_text("note", note, max_chars=MAX_TEXT_CHARS)
 
         def write(conn: sqlite3.Connection) -> Task:
-            task = self._resolve(conn, task_id)
+            task = self._writable(conn, task_id)
             previous = conn.execute("SELECT assignee FROM tasks WHERE id = ?", (task,)).fetchone()
             now = ts(now_utc())
             conn.execute(
@@ -223,7 +239,7 @@ class TaskEdits(Scoped):
             if note is not None:
                 detail["note"] = note
             add_event(conn, task, "handoff", self._agent, detail, now)
-            return fetch_task(conn, task)
+            return fetch_task(conn, self._agent, task)
 
         return await self._db.write(write)
 

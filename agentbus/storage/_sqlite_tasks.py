@@ -1,9 +1,12 @@
 """SQLite task store: tasks with dependencies, a ready queue, history and fenced writes.
 
-Who may do what: an agent reads and updates every task it can see (its own, ``family``/
-``public``, its active teams' ``team`` tasks) — hand-off and dependencies included — and deletes
-only its own. Ids may be full ids or short ids everywhere (``AmbiguousIdError`` when a short id
-matches several visible tasks). ``update_task(assignee=UNASSIGNED)`` clears the assignee.
+Who may do what (as on PostgreSQL): an agent reads every task it can see (its own, ``family``/
+``public``, its active teams' ``team`` tasks); it changes one — update, hand-off, dependencies —
+only as its owner (creator) or its current assignee, and deletes only its own. A task it cannot
+see is NotFoundError; one it sees but may not change (or delete) is PermissionDeniedError. A
+task's ``depends_on`` lists only the dependencies the reading agent can see. Ids may be full ids
+or short ids everywhere (``AmbiguousIdError`` when a short id matches several visible tasks).
+``update_task(assignee=UNASSIGNED)`` clears the assignee.
 
 Order of ``list_tasks``/``ready_tasks``/``get_tasks_by_project``: priority rank (urgent first,
 an integer column, never text), then ``due_at`` (nulls last), ``created_at``, ``id``, all
@@ -26,10 +29,11 @@ from ._canonical import (
     optional_utc,
     short_id,
 )
-from ._errors import NotFoundError, ValidationError
+from ._errors import NotFoundError, PermissionDeniedError, ValidationError
 from ._models import (
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
-    MAX_TITLE_CHARS,
+    PRIORITIES,
     PRIORITY_RANK,
     TASK_STATUSES,
     UNASSIGNED,
@@ -40,7 +44,14 @@ from ._models import (
     TaskStatus,
     Visibility,
 )
-from ._rules import check_agent_ref, check_limit, check_optional_ref, new_id
+from ._rules import (
+    check_agent_ref,
+    check_limit,
+    check_offset,
+    check_optional_ref,
+    check_tags,
+    new_id,
+)
 from ._sqlite_codec import (
     TASK_COLUMNS,
     event_from_row,
@@ -50,10 +61,9 @@ from ._sqlite_codec import (
     ts,
     visible_sql,
 )
-from ._sqlite_memory import check_offset
 from ._sqlite_search import fts_query
-from ._sqlite_task_deps import OPEN_SQL, add_event, check_no_cycle, resolve_task, settle
-from ._sqlite_task_edits import PRIORITIES, TaskEdits, canonical_list, check_tags, fetch_task
+from ._sqlite_task_deps import OPEN_SQL, add_event, resolve_task, settle
+from ._sqlite_task_edits import TaskEdits, canonical_list, fetch_task
 
 ORDER = " ORDER BY t.priority_rank, t.due_at IS NULL, t.due_at, t.created_at, t.id"
 
@@ -70,8 +80,8 @@ class SQLiteTaskStore(TaskEdits):
     ) -> Task:  # fmt: skip
         """A task with open dependencies starts ``blocked``, else ``pending``.
 
-        Raises: ValidationError, NotFoundError (a dependency or team not visible),
-        DependencyCycleError (``id`` among ``depends_on``).
+        Raises: ValidationError (also ``id`` of a task that exists), NotFoundError (a
+        dependency or team not visible).
         """
         task_id = new_id(id)
         priority = check_choice("priority", priority, PRIORITIES)
@@ -83,7 +93,7 @@ class SQLiteTaskStore(TaskEdits):
             "id": task_id,
             "short_id": short_id(task_id),
             "agent_id": self._agent,
-            "title": check_text("title", title, max_chars=MAX_TITLE_CHARS),
+            "title": check_text("title", title, max_chars=MAX_NAME_CHARS),
             "description": check_optional_text(
                 "description", description, max_chars=MAX_TEXT_CHARS
             ),
@@ -91,7 +101,7 @@ class SQLiteTaskStore(TaskEdits):
             "priority_rank": PRIORITY_RANK[priority],
             "assignee": None if assignee is None else check_agent_ref("assignee", assignee),
             "team_id": team,
-            "project": check_optional_text("project", project, max_chars=MAX_TITLE_CHARS),
+            "project": check_optional_text("project", project, max_chars=MAX_NAME_CHARS),
             "tags": canonical_list(check_tags(tags)),
             "visibility": visibility,
             "due_at": opt_ts(optional_utc(due_at)),
@@ -104,8 +114,6 @@ class SQLiteTaskStore(TaskEdits):
             now = ts(now_utc())
             self._require_team(conn, team)
             deps = list(dict.fromkeys(self._resolve(conn, ref, "depends_on") for ref in depends_on))
-            if task_id in deps:
-                check_no_cycle(conn, task_id, task_id)
             status: TaskStatus = "blocked" if _any_open(conn, deps) else "pending"
             row = {**values, "status": status, "created_at": now, "updated_at": now}
             conn.execute(
@@ -118,7 +126,7 @@ class SQLiteTaskStore(TaskEdits):
             )
             detail = {"status": status, "priority": priority, "assignee": values["assignee"]}
             add_event(conn, task_id, "created", self._agent, detail, now)
-            return fetch_task(conn, task_id)
+            return fetch_task(conn, self._agent, task_id)
 
         return await self._db.write(write)
 
@@ -127,7 +135,7 @@ class SQLiteTaskStore(TaskEdits):
 
         def read(conn: sqlite3.Connection) -> Task | None:
             found = resolve_task(conn, self._agent, task_id)
-            return None if found is None else fetch_task(conn, found)
+            return None if found is None else fetch_task(conn, self._agent, found)
 
         return await self._db.read(read)
 
@@ -135,18 +143,18 @@ class SQLiteTaskStore(TaskEdits):
         """Delete one of this agent's own tasks (its dependency links and history go with it;
         tasks it blocked are settled); True when deleted.
 
-        Raises: NotFoundError (no such task of this agent's, e.g. deleted already).
+        Raises: NotFoundError (not visible, e.g. deleted already), PermissionDeniedError
+        (visible but another agent's, even when this agent is its assignee).
         """
 
         def write(conn: sqlite3.Connection) -> bool:
-            found = resolve_task(conn, self._agent, task_id)
-            if (
-                found is None
-                or not conn.execute(
-                    "SELECT 1 FROM tasks WHERE id = ? AND agent_id = ?", (found, self._agent)
-                ).fetchone()
-            ):
-                raise NotFoundError(f"task {task_id} not found")
+            found = self._resolve(conn, task_id)
+            if not conn.execute(
+                "SELECT 1 FROM tasks WHERE id = ? AND agent_id = ?", (found, self._agent)
+            ).fetchone():
+                raise PermissionDeniedError(
+                    f"task {task_id} can be deleted by its owner only, not by agent {self._agent!r}"
+                )
             dependents = [
                 row[0]
                 for row in conn.execute(
@@ -156,7 +164,7 @@ class SQLiteTaskStore(TaskEdits):
             conn.execute("DELETE FROM tasks WHERE id = ?", (found,))
             now = ts(now_utc())
             for dependent in dependents:
-                settle(conn, dependent, self._agent, now, reason=f"dependency {found} deleted")
+                settle(conn, dependent, self._agent, now)
             return True
 
         return await self._db.write(write)
@@ -190,7 +198,7 @@ class SQLiteTaskStore(TaskEdits):
         filters = (
             ("agent_id", None if agent_id is None else check_agent_ref("agent_id", agent_id)),
             ("team_id", check_optional_ref("team_id", team_id)),
-            ("project", check_optional_text("project", project, max_chars=MAX_TITLE_CHARS)),
+            ("project", check_optional_text("project", project, max_chars=MAX_NAME_CHARS)),
         )
         for column, value in filters:
             if value is not None:
@@ -216,7 +224,7 @@ class SQLiteTaskStore(TaskEdits):
             rows = conn.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks t WHERE {visible_sql('t')}{clause}{ORDER}"
                 " LIMIT ? OFFSET ?",
-                [self._agent, self._agent, *params, limit, offset],
+                [self._agent, self._agent, self._agent, self._agent, *params, limit, offset],
             )
             return [task_from_row(row) for row in rows]
 
@@ -237,14 +245,14 @@ class SQLiteTaskStore(TaskEdits):
                 " JOIN tasks t ON t.rowid_key = tasks_fts.rowid"
                 f" WHERE tasks_fts MATCH ? AND {visible_sql('t')}"
                 " ORDER BY bm25(tasks_fts), t.id LIMIT ?",
-                (match, self._agent, self._agent, limit),
+                (self._agent, self._agent, match, self._agent, self._agent, limit),
             )
             return [task_from_row(row) for row in rows]
 
         return await self._db.read(read)
 
     async def get_tasks_by_project(self, project: str, *, limit: int = 200) -> list[Task]:
-        check_text("project", project, max_chars=MAX_TITLE_CHARS)
+        check_text("project", project, max_chars=MAX_NAME_CHARS)
         check_limit(limit)
         return await self._select(["t.project = ?"], [project], limit)
 

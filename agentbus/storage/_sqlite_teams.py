@@ -1,15 +1,17 @@
 """SQLite teams: membership, one lead, disbanding.
 
 A team is visible to its creator and to its members (past members of a disbanded team
-included: the members are kept for the record); any agent that sees a team may change its
-membership. A team has exactly one lead, who is a member with role ``lead``: making another
+included: the members are kept for the record). Only its creator or its lead may change it (add,
+re-role or remove members; disband); any member may leave it (``remove_member`` of itself).
+Another agent that sees the team gets PermissionDeniedError, one that does not see it
+NotFoundError. A team has exactly one lead, who is a member with role ``lead``: making another
 member lead (``add_member``/``update_member`` with ``role="lead"``) hands the role over and the
 previous lead stays as a ``member``; the lead cannot be demoted or removed directly (hand the
 role over first). ``disband_team`` sets status ``disbanded``: members stay listed in
 ``get_team`` but ``team_members()`` is empty, ``team`` rows of the team are no longer visible
-through it, and membership can no longer change. Ids follow the rule of every backend
-(``_rules``): a malformed team or agent id is a ValidationError, a team this agent cannot see is
-"not found".
+through it, and membership can no longer change (leaving included). Ids follow the rule of
+every backend (``_rules``): a malformed team or agent id is a ValidationError, a team this agent
+cannot see is "not found".
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+import msgspec
+
 from ._canonical import canonical_json, check_choice, check_text, now_utc, parse_json
-from ._errors import NotFoundError, ValidationError
-from ._models import MAX_TITLE_CHARS, Team, TeamMember, TeamRole, TeamStatus
+from ._errors import NotFoundError, PermissionDeniedError, ValidationError
+from ._models import MAX_NAME_CHARS, TEAM_ROLES, Team, TeamMember, TeamRole, TeamStatus
 from ._rules import check_agent_ref, check_ref, new_id
-from ._sqlite_codec import member_from_row, parse_ts, ts
+from ._sqlite_codec import member_from_row, one, parse_ts, ts
 from ._sqlite_db import Scoped
 
-ROLES: tuple[TeamRole, ...] = ("lead", "member")
 _VISIBLE = (
     " (t.created_by = ? OR EXISTS (SELECT 1 FROM team_members tm"
     " WHERE tm.team_id = t.id AND tm.agent_id = ?))"
@@ -55,13 +58,27 @@ class SQLiteTeamStore(Scoped):
             created_at=parse_ts(row[5]),
         )
 
-    def _active_team(self, conn: sqlite3.Connection, team_id: str) -> Team:
-        team = self._team(conn, team_id)
-        if team is None:
-            raise NotFoundError(f"team {team_id} not found")
-        if team.status != "active":
-            raise ValidationError(f"team {team_id} is disbanded; its membership cannot change")
+    def _managed(
+        self, conn: sqlite3.Connection, team_id: str, *, allow_disbanded: bool = False
+    ) -> Team:
+        """The team, when this agent may change it. Raises: NotFoundError (not visible),
+        PermissionDeniedError (neither its creator nor its lead), ValidationError (disbanded,
+        unless ``allow_disbanded``)."""
+        team = self._team_or_fail(conn, team_id)
+        creator = one(conn, "SELECT created_by FROM teams WHERE id = ?", (team_id,))
+        if self._agent not in (creator, team.lead):
+            raise PermissionDeniedError(
+                f"team {team_id} can be changed by its creator or its lead only, not by agent "
+                f"{self._agent!r}"
+            )
+        if not allow_disbanded:
+            self._require_active(team)
         return team
+
+    @staticmethod
+    def _require_active(team: Team) -> None:
+        if team.status != "active":
+            raise ValidationError(f"team {team.id} is disbanded; its membership cannot change")
 
     async def create_team(
         self, name: str, *, lead: str | None = None, members: Sequence[str] = (),
@@ -73,7 +90,7 @@ class SQLiteTeamStore(Scoped):
         Raises: ValidationError.
         """
         team_id = new_id(id)
-        check_text("name", name, max_chars=MAX_TITLE_CHARS)
+        check_text("name", name, max_chars=MAX_NAME_CHARS)
         lead = self._agent if lead is None else check_agent_ref("lead", lead)
         if isinstance(members, str):
             raise ValidationError("members must be a sequence of agent ids, not one string")
@@ -124,13 +141,14 @@ class SQLiteTeamStore(Scoped):
 
     async def add_member(self, team_id: str, agent_id: str, *, role: TeamRole = "member") -> Team:
         """Add a member (an existing member keeps its place; ``role="lead"`` hands the lead
-        over). Raises: NotFoundError, ValidationError (disbanded team, unknown role)."""
+        over). Raises: NotFoundError, PermissionDeniedError, ValidationError (disbanded team,
+        unknown role)."""
         check_ref("team_id", team_id)
         check_agent_ref("agent_id", agent_id)
-        role = check_choice("role", role, ROLES)
+        role = check_choice("role", role, TEAM_ROLES)
 
         def write(conn: sqlite3.Connection) -> Team:
-            self._active_team(conn, team_id)
+            self._managed(conn, team_id)
             conn.execute(
                 "INSERT INTO team_members (team_id, agent_id, role, joined_at)"
                 " VALUES (?, ?, 'member', ?) ON CONFLICT DO NOTHING",
@@ -143,14 +161,14 @@ class SQLiteTeamStore(Scoped):
         return await self._db.write(write)
 
     async def update_member(self, team_id: str, agent_id: str, *, role: TeamRole) -> Team:
-        """Change a member's role. Raises: NotFoundError (team or member), ValidationError
-        (demoting the lead, disbanded team)."""
+        """Change a member's role. Raises: NotFoundError (team or member),
+        PermissionDeniedError, ValidationError (demoting the lead, disbanded team)."""
         check_ref("team_id", team_id)
         check_agent_ref("agent_id", agent_id)
-        role = check_choice("role", role, ROLES)
+        role = check_choice("role", role, TEAM_ROLES)
 
         def write(conn: sqlite3.Connection) -> Team:
-            team = self._active_team(conn, team_id)
+            team = self._managed(conn, team_id)
             self._require_member(team, agent_id)
             if role == "lead":
                 self._hand_lead(conn, team_id, agent_id)
@@ -163,12 +181,21 @@ class SQLiteTeamStore(Scoped):
         return await self._db.write(write)
 
     async def remove_member(self, team_id: str, agent_id: str) -> Team:
-        """Raises: NotFoundError (team or member), ValidationError (the lead, disbanded team)."""
+        """Remove a member, or leave (``agent_id`` this agent: needs no creator or lead).
+        Returns the team as it was, without the member (one that left may not see it any more).
+
+        Raises: NotFoundError (team or member), PermissionDeniedError (removing another member
+        without being the creator or the lead), ValidationError (the lead, disbanded team).
+        """
         check_ref("team_id", team_id)
         check_agent_ref("agent_id", agent_id)
 
         def write(conn: sqlite3.Connection) -> Team:
-            team = self._active_team(conn, team_id)
+            if agent_id == self._agent:
+                team = self._team_or_fail(conn, team_id)
+                self._require_active(team)
+            else:
+                team = self._managed(conn, team_id)
             self._require_member(team, agent_id)
             if team.lead == agent_id:
                 raise ValidationError(
@@ -178,16 +205,20 @@ class SQLiteTeamStore(Scoped):
             conn.execute(
                 "DELETE FROM team_members WHERE team_id = ? AND agent_id = ?", (team_id, agent_id)
             )
-            return self._team_or_fail(conn, team_id)
+            members = [member for member in team.members if member.agent_id != agent_id]
+            return msgspec.structs.replace(team, members=members)
 
         return await self._db.write(write)
 
     async def disband_team(self, team_id: str) -> Team:
-        """Status ``disbanded`` (idempotent); see the module docstring for the effect."""
+        """Status ``disbanded`` (idempotent); see the module docstring for the effect.
+
+        Raises: NotFoundError, PermissionDeniedError (neither the creator nor the lead).
+        """
         check_ref("team_id", team_id)
 
         def write(conn: sqlite3.Connection) -> Team:
-            self._team_or_fail(conn, team_id)
+            self._managed(conn, team_id, allow_disbanded=True)
             conn.execute(
                 "UPDATE teams SET status = 'disbanded', disbanded_at = ?"
                 " WHERE id = ? AND status = 'active'",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -15,7 +17,13 @@ import pytest
 from agentbus import uuid7
 from agentbus.storage._canonical import canonical_json, content_hash
 from agentbus.storage._errors import DimensionMismatchError, ValidationError
-from agentbus.storage._models import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS
+from agentbus.storage._models import (
+    MAX_LABEL_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SUMMARY_CHARS,
+    MAX_TEXT_CHARS,
+    MAX_URL_CHARS,
+)
 
 from ._support import EMBEDDING_DIM, as_list, is_utc, is_uuid7, not_refused, unit
 
@@ -231,13 +239,74 @@ async def test_oversize_text_is_refused(view: View) -> None:
     me = view()
     with pytest.raises(ValidationError, match=str(MAX_SUMMARY_CHARS)):
         await me.memory.create_item("x" * (MAX_SUMMARY_CHARS + 1))
-    with pytest.raises(ValidationError, match=str(MAX_TITLE_CHARS)):
-        await me.tasks.create_task("t" * (MAX_TITLE_CHARS + 1))
+    with pytest.raises(ValidationError, match=str(MAX_NAME_CHARS)):
+        await me.tasks.create_task("t" * (MAX_NAME_CHARS + 1))
     item = await me.memory.create_item("y" * MAX_SUMMARY_CHARS)
-    task = await me.tasks.create_task("t" * MAX_TITLE_CHARS)
+    task = await me.tasks.create_task("t" * MAX_NAME_CHARS)
     assert len(item.summary) == MAX_SUMMARY_CHARS
-    assert len(task.title) == MAX_TITLE_CHARS
+    assert len(task.title) == MAX_NAME_CHARS
     assert [i.id for i in await me.memory.list_items()] == [item.id]
+
+
+def _text_fields(me: Any, task_id: str) -> dict[str, tuple[int, Callable[[str], Any]]]:
+    """Every text field of memory, tasks, teams and agents: its limit (``_models``, the same on
+    every backend) and a call that stores a value in it."""
+    mem, tasks = me.memory, me.tasks
+    return {
+        "resource url": (MAX_URL_CHARS, lambda v: mem.create_resource(v)),
+        "resource modality": (MAX_LABEL_CHARS, lambda v: mem.create_resource("u", modality=v)),
+        "resource caption": (MAX_TEXT_CHARS, lambda v: mem.create_resource("u", caption=v)),
+        "item summary": (MAX_SUMMARY_CHARS, lambda v: mem.create_item(v)),
+        "category name": (MAX_NAME_CHARS, lambda v: mem.create_category(v)),
+        "category description": (
+            MAX_SUMMARY_CHARS, lambda v: mem.create_category(f"c{len(v)}", description=v),
+        ),
+        "entity name": (MAX_NAME_CHARS, lambda v: mem.create_entity(v)),
+        "entity type": (MAX_LABEL_CHARS, lambda v: mem.create_entity(f"t{len(v)}", entity_type=v)),
+        "entity profile": (MAX_TEXT_CHARS, lambda v: mem.create_entity(f"p{len(v)}", profile=v)),
+        "reflection": (MAX_TEXT_CHARS, lambda v: mem.create_reflection(v)),
+        "lesson": (MAX_SUMMARY_CHARS, lambda v: mem.create_lesson(v)),
+        "lesson context": (MAX_TEXT_CHARS, lambda v: mem.create_lesson("l", context=v)),
+        "task title": (MAX_NAME_CHARS, lambda v: tasks.create_task(v)),
+        "task description": (MAX_TEXT_CHARS, lambda v: tasks.create_task("d", description=v)),
+        "task project": (MAX_NAME_CHARS, lambda v: tasks.create_task("p", project=v)),
+        "task tag": (MAX_NAME_CHARS, lambda v: tasks.create_task("t", tags=[v])),
+        "hand-off note": (MAX_TEXT_CHARS, lambda v: tasks.handoff_task(task_id, "x", note=v)),
+        "fence name": (MAX_NAME_CHARS, lambda v: tasks.update_task(task_id, fence=(v, 1))),
+        "team name": (MAX_NAME_CHARS, lambda v: me.teams.create_team(v)),
+        "agent name": (MAX_NAME_CHARS, lambda v: me.agents.upsert_agent(me.agent_id, name=v)),
+        "agent role": (MAX_NAME_CHARS, lambda v: me.agents.upsert_agent(me.agent_id, role=v)),
+    }  # fmt: skip
+
+
+async def test_every_text_field_has_one_limit_on_every_backend(view: View) -> None:
+    """Rule (every backend): each text field has one length limit, defined once in ``_models``
+    (ids and labels 64, names and titles 500, urls 4096, summaries and short descriptions
+    16,000, long text 100,000 characters): a value exactly at the limit is stored, one character
+    more is a ValidationError naming the limit."""
+    me = view()
+    task = await me.tasks.create_task("limits")
+    fields = _text_fields(me, task.id)
+    too_long = {
+        name: lambda limit=limit, store=store: store("z" * (limit + 1))
+        for name, (limit, store) in fields.items()
+    }
+    assert await not_refused(ValidationError, too_long) == []
+    refused_without_limit = []
+    for name, (limit, store) in fields.items():
+        try:
+            await store("z" * (limit + 1))
+        except ValidationError as exc:
+            if str(limit) not in str(exc):
+                refused_without_limit.append(f"{name}: {exc}")
+    assert refused_without_limit == []
+    not_stored = []
+    for name, (limit, store) in fields.items():
+        try:
+            await store("y" * limit)
+        except Exception as exc:
+            not_stored.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
+    assert not_stored == []
 
 
 async def test_summary_is_stored_verbatim_and_hashed_normalised(view: View) -> None:
@@ -250,6 +319,38 @@ async def test_summary_is_stored_verbatim_and_hashed_normalised(view: View) -> N
 
 
 # --- enums -----------------------------------------------------------------------------------
+
+
+async def test_enum_values_and_limits_are_declared_once() -> None:
+    """Every enum's allowed values and every text limit are declared once, in ``_models``, and
+    each tuple lists exactly its ``Literal`` type's values; no storage module defines its own."""
+    from agentbus.storage import _models as models
+
+    pairs = {
+        "VISIBILITIES": models.Visibility, "MEMORY_TYPES": models.MemoryType,
+        "TASK_STATUSES": models.TaskStatus, "PRIORITIES": models.Priority,
+        "SEARCH_MODES": models.SearchMode, "TEAM_ROLES": models.TeamRole,
+        "TEAM_STATUSES": models.TeamStatus, "AGENT_STATUSES": models.AgentStatus,
+        "PERMISSIONS": models.Permission, "CANDIDATE_STATUSES": models.CandidateStatus,
+    }  # fmt: skip
+    for name, literal in pairs.items():
+        assert getattr(models, name) == get_args(literal), name
+    assert tuple(models.PRIORITY_RANK) == models.PRIORITIES
+    declared_once = [
+        # SEARCH_MODES is still also defined in _pg_search and _sqlite_search (to be moved)
+        *(name for name in pairs if name != "SEARCH_MODES"),
+        "MAX_ID_CHARS", "MAX_LABEL_CHARS", "MAX_NAME_CHARS", "MAX_URL_CHARS",
+        "MAX_SUMMARY_CHARS", "MAX_TEXT_CHARS", "ROLES",
+    ]  # fmt: skip
+    storage = Path(models.__file__).parent
+    redefined = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(storage.glob("*.py"))
+        if path.name != "_models.py"
+        for line in path.read_text().splitlines()
+        if re.match(rf"({'|'.join(declared_once)})\b\s*(:[^=]*)?=", line)
+    ]
+    assert redefined == []
 
 
 async def test_unknown_enum_values_are_refused(view: View) -> None:

@@ -326,6 +326,59 @@ async def test_category_links_are_idempotent_and_counted(view: View) -> None:
     assert (await me.memory.get_item_categories(first.id))[0].item_count == 2
 
 
+async def test_an_items_categories_and_entities_are_listed_newest_first(view: View) -> None:
+    """Rule (every backend, the list rule): get_item_categories and get_item_entities list
+    newest first (``created_at``, then id) — not by name."""
+    me = view()
+    item = await me.memory.create_item("the lighthouse keeper's log")
+    categories = [await me.memory.create_category(name) for name in ("alpha", "Mike", "zulu")]
+    entities = [await me.memory.create_entity(name) for name in ("Abe", "mia", "Zoe")]
+    for category in (categories[1], categories[0], categories[2]):
+        await me.memory.link_item_category(item.id, category.id)
+    for entity in (entities[2], entities[0], entities[1]):
+        await me.memory.link_item_entity(item.id, entity.id)
+    listed_categories = await me.memory.get_item_categories(item.id)
+    listed_entities = await me.memory.get_item_entities(item.id)
+    assert [c.id for c in listed_categories] == [c.id for c in newest_first(categories)]
+    assert [e.id for e in listed_entities] == [e.id for e in newest_first(entities)]
+    assert [c.name for c in listed_categories] == ["zulu", "Mike", "alpha"]
+    assert [e.name for e in listed_entities] == ["Zoe", "mia", "Abe"]
+
+
+async def test_links_to_an_item_no_longer_visible_are_not_listed(view: View) -> None:
+    """Rule (every backend): get_item_categories/get_item_entities answer [] for an item the
+    agent cannot see, also when it linked its own category or entity to it while it could."""
+    owner, member = view("owner"), view("member")
+    crew = await owner.teams.create_team("log crew", members=[member.agent_id])
+    item = await owner.memory.create_item("the crew log", visibility="team", team_id=crew.id)
+    category = await member.memory.create_category("crew notes")
+    entity = await member.memory.create_entity("Crew")
+    await member.memory.link_item_category(item.id, category.id)
+    await member.memory.link_item_entity(item.id, entity.id)
+    assert [c.id for c in await member.memory.get_item_categories(item.id)] == [category.id]
+    assert [e.id for e in await member.memory.get_item_entities(item.id)] == [entity.id]
+    await owner.teams.remove_member(crew.id, member.agent_id)
+    assert await member.memory.get_item(item.id) is None
+    assert await member.memory.get_item_categories(item.id) == []
+    assert await member.memory.get_item_entities(item.id) == []
+
+
+async def test_a_new_entity_link_moves_the_entitys_updated_at(view: View) -> None:
+    """Rule (every backend): linking an item to an entity stamps the entity's ``updated_at``
+    (its ``memory_count`` changed); linking it again changes nothing."""
+    me = view()
+    entity = await me.memory.create_entity("Harbor Master")
+    item = await me.memory.create_item("the harbor master retired")
+    assert entity.updated_at == entity.created_at
+    await me.memory.link_item_entity(item.id, entity.id)
+    linked = await me.memory.get_entity(entity.id)
+    assert linked is not None
+    assert linked.updated_at > entity.updated_at
+    assert linked.memory_count == 1
+    await me.memory.link_item_entity(item.id, entity.id)
+    assert await me.memory.get_entity(entity.id) == linked
+
+
 async def test_linking_unknown_rows_is_not_found(view: View) -> None:
     """Links to an item or category nobody stored raise NotFoundError."""
     me = view()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -17,6 +17,7 @@ from agentbus.storage._errors import (
     AmbiguousIdError,
     DependencyCycleError,
     NotFoundError,
+    PermissionDeniedError,
     StaleWriteError,
     ValidationError,
 )
@@ -70,6 +71,21 @@ async def test_create_task_defaults_and_get_by_full_and_short_id(view: View) -> 
     assert is_utc(task.updated_at)
     assert await me.tasks.get_task(task.id) == task
     assert await me.tasks.get_task(task.short_id) == task
+
+
+async def test_create_task_with_the_id_of_an_existing_task_is_refused(view: View) -> None:
+    """Rule (every backend): ``id=`` of a task that exists is a ValidationError, also when the
+    new task would depend on it (never a DependencyCycleError), and nothing is written."""
+    me = view()
+    existing = await me.tasks.create_task("already here")
+    calls = {
+        "same id": lambda: me.tasks.create_task("again", id=existing.id),
+        "same id, depending on it": lambda: me.tasks.create_task(
+            "again", id=existing.id, depends_on=[existing.id]
+        ),
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.tasks.list_tasks() == [existing]
 
 
 async def test_create_task_keeps_every_field(view: View) -> None:
@@ -246,6 +262,89 @@ async def test_update_merges_metadata_and_none_removes_a_key(view: View) -> None
     assert (await me.tasks.get_task(task.id)).metadata == {"b": {"new": 2}, "c": 3}
 
 
+async def test_only_the_owner_or_the_assignee_changes_a_task(view: View) -> None:
+    """Rule (every backend): a task is updated, handed off and given or relieved of dependencies
+    only by its owner (creator) or its current assignee, and deleted only by its owner. Another
+    agent that sees the task gets PermissionDeniedError (an assignee deleting it too); one that
+    cannot see it gets NotFoundError, as for a task nobody made. A task needs only to be
+    visible to be depended on."""
+    owner, assignee, reader, stranger = view("owner"), view("assignee"), view("reader"), view("s")
+    crew = await owner.teams.create_team("chores", members=[assignee.agent_id, reader.agent_id])
+    shared = {"visibility": "team", "team_id": crew.id}
+    task = await owner.tasks.create_task("shared chore", **shared)
+    hidden = await owner.tasks.create_task("hidden chore")
+    helper = await owner.tasks.create_task("helper", **shared)
+    await owner.tasks.add_dependency(task.id, helper.id)
+    mine = await reader.tasks.create_task("reader's own")
+
+    def changes(tasks: Any, target: str) -> dict[str, Call]:
+        return {
+            "update_task": lambda: tasks.update_task(target, title="taken"),
+            "handoff_task": lambda: tasks.handoff_task(target, stranger.agent_id),
+            "add_dependency": lambda: tasks.add_dependency(target, mine.id),
+            "remove_dependency": lambda: tasks.remove_dependency(target, helper.id),
+            "delete_task": lambda: tasks.delete_task(target),
+        }
+
+    before = await owner.tasks.get_task(task.id)
+    assert await not_refused(PermissionDeniedError, changes(reader.tasks, task.id)) == []
+    assert await not_refused(NotFoundError, changes(reader.tasks, hidden.id)) == []
+    assert await not_refused(NotFoundError, changes(stranger.tasks, task.id)) == []
+    assert await owner.tasks.get_task(task.id) == before
+    assert len(await owner.tasks.task_history(task.id)) == 3  # created, dependency, status
+    # depending on a visible task needs no right to change it
+    depending = await reader.tasks.add_dependency(mine.id, task.id)
+    assert depending.depends_on == [task.id]
+    # the assignee moves the task along; deleting stays the owner's
+    await owner.tasks.handoff_task(task.id, assignee.agent_id)
+    moved = await assignee.tasks.update_task(task.id, status="in_progress")
+    assert (moved.status, moved.agent_id) == ("in_progress", owner.agent_id)
+    assert (await assignee.tasks.remove_dependency(task.id, helper.id)).depends_on == []
+    assert (await assignee.tasks.add_dependency(task.id, helper.id)).depends_on == [helper.id]
+    with pytest.raises(PermissionDeniedError):
+        await assignee.tasks.delete_task(task.id)
+    handed = await assignee.tasks.handoff_task(task.id, reader.agent_id)
+    assert handed.assignee == reader.agent_id
+    with pytest.raises(PermissionDeniedError):
+        await assignee.tasks.update_task(task.id, title="no longer mine")
+    assert (await reader.tasks.update_task(task.id, title="now mine")).title == "now mine"
+    await reader.tasks.remove_dependency(mine.id, task.id)
+    assert await owner.tasks.delete_task(task.id) is True
+    assert await owner.tasks.get_task(task.id) is None
+
+
+async def test_an_update_that_changes_nothing_writes_nothing(view: View) -> None:
+    """Rule (every backend): update_task with no field, with the status the task has or with
+    the assignee it has leaves ``updated_at`` and the history as they are (a given title, even
+    the same one, is an update)."""
+    me = view()
+    task = await me.tasks.create_task("steady")
+    history = await me.tasks.task_history(task.id)
+    calls = {
+        "no field": lambda: me.tasks.update_task(task.id),
+        "same status": lambda: me.tasks.update_task(task.id, status="pending"),
+        "still unassigned": lambda: me.tasks.update_task(task.id, assignee=UNASSIGNED),
+        "fence only": lambda: me.tasks.update_task(task.id, fence=("steady", 1)),
+    }
+    for name, call in calls.items():
+        assert await call() == task, name
+    assert await me.tasks.task_history(task.id) == history
+    retitled = await me.tasks.update_task(task.id, title="steady")
+    assert retitled.updated_at > task.updated_at
+    kinds = [event.kind for event in await me.tasks.task_history(task.id)]
+    assert kinds == ["created", "updated"]
+
+
+async def test_tags_are_kept_once_in_the_order_given(view: View) -> None:
+    """Rule (every backend): a tag given twice is kept once, where it first appears."""
+    me = view()
+    task = await me.tasks.create_task("tagged", tags=["b", "a", "b", "c", "a"])
+    assert task.tags == ["b", "a", "c"]
+    updated = await me.tasks.update_task(task.id, tags=["z", "z", "y"])
+    assert updated.tags == ["z", "y"]
+    assert task_ids(await me.tasks.list_tasks(tags=["y", "y"])) == [task.id]
+
+
 async def test_update_unknown_task_is_not_found(view: View) -> None:
     """update_task of an id nobody stored raises NotFoundError."""
     with pytest.raises(NotFoundError):
@@ -398,6 +497,27 @@ async def test_list_filter_due_range(view: View) -> None:
     ]
 
 
+async def test_list_due_range_is_half_open(view: View) -> None:
+    """Rule (every backend): ``due_after <= due_at < due_before`` — a task due exactly at
+    ``due_after`` is in the range, one due exactly at ``due_before`` is not."""
+    me = view()
+    start = future(2)
+    end = start + timedelta(days=1)
+    at_start = await me.tasks.create_task("at start", due_at=start)
+    inside = await me.tasks.create_task("inside", due_at=start + timedelta(hours=1))
+    at_end = await me.tasks.create_task("at end", due_at=end)
+    before_start = await me.tasks.create_task("before", due_at=start - timedelta(microseconds=1))
+    listed = task_ids(await me.tasks.list_tasks(due_after=start, due_before=end))
+    assert listed == [at_start.id, inside.id]
+    assert task_ids(await me.tasks.list_tasks(due_after=start)) == [
+        at_start.id, inside.id, at_end.id,
+    ]  # fmt: skip
+    assert task_ids(await me.tasks.list_tasks(due_before=end)) == [
+        before_start.id, at_start.id, inside.id,
+    ]  # fmt: skip
+    assert await me.tasks.list_tasks(due_after=start, due_before=start) == []
+
+
 async def test_search_tasks_requires_every_term(view: View) -> None:
     """search_tasks matches task titles with every query term required (after stemming)."""
     me = view()
@@ -461,6 +581,63 @@ async def test_add_and_remove_dependency(view: View) -> None:
     assert (one.status, one.depends_on) == ("blocked", [dep1.id])
     free = await me.tasks.remove_dependency(task.id, dep1.id)
     assert (free.status, free.depends_on) == ("pending", [])
+
+
+async def test_depends_on_lists_only_dependencies_the_reader_can_see(view: View) -> None:
+    """Rule (every backend): ``depends_on`` names only the dependencies the reading agent can
+    see — another agent's private task is never named — while the task stays blocked by it."""
+    owner, reader = view("owner"), view("reader")
+    crew = await owner.teams.create_team("goal crew", members=[reader.agent_id])
+    shared = {"visibility": "team", "team_id": crew.id}
+    private = await owner.tasks.create_task("private step")
+    step = await owner.tasks.create_task("shared step", **shared)
+    task = await owner.tasks.create_task("team goal", depends_on=[private.id, step.id], **shared)
+    assert task.depends_on == [private.id, step.id]
+    seen = await reader.tasks.get_task(task.id)
+    assert seen is not None
+    assert (seen.status, seen.depends_on) == ("blocked", [step.id])
+    listed = [t for t in await reader.tasks.list_tasks(team_id=crew.id) if t.id == task.id]
+    assert [t.depends_on for t in listed] == [[step.id]]
+    found = await reader.tasks.search_tasks("team goal")
+    assert [t.depends_on for t in found] == [[step.id]]
+    history = json.dumps([e.detail for e in await reader.tasks.task_history(task.id)])
+    assert private.id not in history
+
+
+async def test_dependency_changes_are_recorded_in_history(view: View) -> None:
+    """Rule (every backend): adding or removing a dependency is an ``updated`` event with
+    ``fields: ["depends_on"]`` (no task id: the history never names a dependency) and moves
+    ``updated_at``; the blocked/pending change it causes is a ``status`` event with reason
+    ``dependencies``, after it. Adding an existing or removing an absent dependency writes
+    nothing."""
+    me = view()
+    task = await me.tasks.create_task("goal")
+    step = await me.tasks.create_task("step")
+    blocked = await me.tasks.add_dependency(task.id, step.id)
+    assert blocked.updated_at > task.updated_at
+    again = await me.tasks.add_dependency(task.id, step.id)
+    assert again == blocked
+    free = await me.tasks.remove_dependency(task.id, step.id)
+    assert free.updated_at > blocked.updated_at
+    assert await me.tasks.remove_dependency(task.id, step.id) == free
+    events = [(e.kind, e.detail) for e in await me.tasks.task_history(task.id)]
+    assert events[1:] == [
+        ("updated", {"fields": ["depends_on"]}),
+        ("status", {"from": "pending", "to": "blocked", "reason": "dependencies"}),
+        ("updated", {"fields": ["depends_on"]}),
+        ("status", {"from": "blocked", "to": "pending", "reason": "dependencies"}),
+    ]
+    await me.tasks.add_dependency(task.id, step.id)
+    await me.tasks.update_task(step.id, status="completed")
+    await me.tasks.update_task(step.id, status="in_progress")
+    await me.tasks.delete_task(step.id)
+    automatic = [e.detail for e in await me.tasks.task_history(task.id) if e.kind == "status"]
+    assert automatic[2:] == [
+        {"from": "pending", "to": "blocked", "reason": "dependencies"},
+        {"from": "blocked", "to": "pending", "reason": "dependencies"},
+        {"from": "pending", "to": "blocked", "reason": "dependencies"},
+        {"from": "blocked", "to": "pending", "reason": "dependencies"},
+    ]
 
 
 async def test_dependency_cycles_are_rejected(view: View) -> None:
@@ -580,6 +757,41 @@ async def test_stale_fencing_token_is_refused(view: View) -> None:
     with pytest.raises(StaleWriteError):
         await me.tasks.update_task(task.id, title="stale again", fence=("n", 5))
     assert (await me.tasks.get_task(task.id)).title == "fenced"
+
+
+async def test_fencing_tokens_are_kept_per_agent(view: View) -> None:
+    """Rule (every backend): the tokens seen are kept per (agent, name) — an agent's locks count
+    their own tokens — so one agent's token never makes another agent's write stale."""
+    a, b = view("a"), view("b")
+    mine = await a.tasks.create_task("a's fenced task")
+    theirs = await b.tasks.create_task("b's fenced task")
+    await a.tasks.update_task(mine.id, title="by a", fence=("nightly", 50))
+    by_b = await b.tasks.update_task(theirs.id, title="by b", fence=("nightly", 1))
+    assert by_b.title == "by b"
+    with pytest.raises(StaleWriteError):
+        await a.tasks.update_task(mine.id, title="stale a", fence=("nightly", 1))
+    with pytest.raises(StaleWriteError):
+        await b.tasks.update_task(theirs.id, title="stale b", fence=("nightly", 0))
+
+
+async def test_a_fence_is_a_name_and_a_64_bit_token(view: View) -> None:
+    """Rule (every backend): ``fence`` is a (name, token) pair — a tuple or a list — whose token
+    is an integer from 0 to 2**63 - 1; anything else is a ValidationError and writes nothing."""
+    me = view()
+    task = await me.tasks.create_task("fence shapes")
+    calls = {
+        repr(fence): lambda fence=fence: me.tasks.update_task(task.id, title="x", fence=fence)
+        for fence in (
+            ("n", -1), ("n", 2**63), ("n", True), ("n", 1.0), ("n", "1"), ("n",), ("n", 1, 2),
+            "n1", ("", 1), (7, 1), ["n"],
+        )
+    }  # fmt: skip
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.tasks.get_task(task.id) == task
+    as_list = await me.tasks.update_task(task.id, title="list", fence=["n", 2**63 - 1])
+    assert as_list.title == "list"
+    with pytest.raises(StaleWriteError):
+        await me.tasks.update_task(task.id, title="older", fence=("n", 2**63 - 2))
 
 
 async def test_fencing_names_are_independent(view: View) -> None:

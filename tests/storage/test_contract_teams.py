@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agentbus import InvalidAgentIdError, uuid7
-from agentbus.storage._errors import NotFoundError, ValidationError
+from agentbus.storage._errors import NotFoundError, PermissionDeniedError, ValidationError
 
 from ._support import (
     MALFORMED_IDS,
@@ -204,6 +204,80 @@ async def test_empty_team_name_is_refused(view: View) -> None:
     with pytest.raises(ValidationError):
         await me.teams.create_team("  ")
     assert await me.teams.list_teams(include_disbanded=True) == []
+
+
+async def test_only_the_creator_or_the_lead_changes_a_team(view: View) -> None:
+    """Rule (every backend): a team's members are added, re-roled and removed, and the team is
+    disbanded, only by its creator or its current lead. A member that is neither (a former lead
+    included) gets PermissionDeniedError from each of these calls; an agent that cannot see the
+    team gets NotFoundError, exactly as for a team nobody made. Nothing changes."""
+    creator, lead, member, other, outsider = (
+        view("creator"), view("lead"), view("member"), view("other"), view("outsider"),
+    )  # fmt: skip
+    team = await creator.teams.create_team(
+        "guarded crew", lead=lead.agent_id, members=[member.agent_id, other.agent_id]
+    )
+
+    def changes(teams: Any) -> dict[str, Any]:
+        return {
+            "add_member": lambda: teams.add_member(team.id, outsider.agent_id),
+            "add_member as lead": lambda: teams.add_member(team.id, member.agent_id, role="lead"),
+            "update_member": lambda: teams.update_member(team.id, other.agent_id, role="lead"),
+            "remove_member": lambda: teams.remove_member(team.id, other.agent_id),
+            "disband_team": lambda: teams.disband_team(team.id),
+        }
+
+    assert await not_refused(PermissionDeniedError, changes(member.teams)) == []
+    assert await not_refused(NotFoundError, changes(outsider.teams)) == []
+    assert await creator.teams.get_team(team.id) == team
+    # The creator and the lead may; a lead that hands the lead over may no longer.
+    team = await creator.teams.add_member(team.id, outsider.agent_id)
+    team = await lead.teams.update_member(team.id, member.agent_id, role="lead")
+    assert team.lead == member.agent_id
+    assert await not_refused(PermissionDeniedError, changes(lead.teams)) == []
+    team = await member.teams.remove_member(team.id, outsider.agent_id)
+    assert [m.agent_id for m in team.members] == [
+        lead.agent_id, member.agent_id, other.agent_id,
+    ]  # fmt: skip
+    assert (await creator.teams.disband_team(team.id)).status == "disbanded"
+
+
+async def test_a_member_may_leave_a_team(view: View) -> None:
+    """Rule (every backend): any member may remove itself (leave) without being the creator or
+    the lead; the call returns the team without it, and the team is then not found for it. The
+    lead cannot leave before handing the lead over (ValidationError)."""
+    lead, member, other = view("lead"), view("member"), view("other")
+    team = await lead.teams.create_team("leavers", members=[member.agent_id, other.agent_id])
+    left = await member.teams.remove_member(team.id, member.agent_id)
+    assert [m.agent_id for m in left.members] == [lead.agent_id, other.agent_id]
+    assert (left.id, left.lead, left.status) == (team.id, lead.agent_id, "active")
+    assert await member.teams.get_team(team.id) is None
+    assert await member.teams.list_teams() == []
+    assert await lead.teams.get_team(team.id) == left
+    with pytest.raises(ValidationError):
+        await lead.teams.remove_member(team.id, lead.agent_id)
+    assert await lead.teams.get_team(team.id) == left
+
+
+async def test_a_disbanded_teams_membership_is_frozen(view: View) -> None:
+    """Rule (every backend): once disbanded, a team's members cannot be added, re-roled or
+    removed, and no member can leave (ValidationError): the members are kept for the record.
+    Disbanding again is a no-op for the creator or lead; for a member it is refused."""
+    lead, member, newcomer = view("lead"), view("member"), view("newcomer")
+    team = await lead.teams.create_team("frozen crew", members=[member.agent_id])
+    disbanded = await lead.teams.disband_team(team.id)
+    calls = {
+        "add_member": lambda: lead.teams.add_member(team.id, newcomer.agent_id),
+        "update_member": lambda: lead.teams.update_member(team.id, member.agent_id, role="lead"),
+        "remove_member": lambda: lead.teams.remove_member(team.id, member.agent_id),
+        "leave": lambda: member.teams.remove_member(team.id, member.agent_id),
+    }
+    assert await not_refused(ValidationError, calls) == []
+    assert await lead.teams.disband_team(team.id) == disbanded
+    with pytest.raises(PermissionDeniedError):
+        await member.teams.disband_team(team.id)
+    assert await member.teams.get_team(team.id) == disbanded
+    assert [m.agent_id for m in disbanded.members] == [lead.agent_id, member.agent_id]
 
 
 # --- agents registry -------------------------------------------------------------------------
