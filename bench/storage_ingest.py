@@ -17,8 +17,13 @@ to both stores, the store that goes first alternating from run to run:
   graph): agentbus ``create_item`` as the row's agent (app role, row-level security in force,
   one transaction a call) vs LangGraph ``aput`` into ``("memories", agent)``;
 - **batched** (5,000 rows of the largest agent, linux-libc-dev), 500 a call, on top:
-  agentbus ``create_items`` (one ``INSERT … SELECT FROM unnest``) vs LangGraph ``abatch`` of 500
-  ``PutOp`` (one multi-row ``INSERT … VALUES`` per table).
+  agentbus ``create_items`` at its default (``PgAdapter(insert_connections=2)``: each call's
+  rows shared out in chunks of ``INSERT … SELECT FROM unnest`` between two transactions on two
+  pool connections, which commit together once both have inserted — so two server processes
+  do the HNSW inserts) vs LangGraph ``abatch`` of 500 ``PutOp`` (one multi-row ``INSERT …
+  VALUES`` per table, one connection). For orientation, without a target: the next 5,000 rows
+  of that agent through ``create_items`` with ``insert_connections=1`` (one transaction, one
+  ``INSERT`` a call), always after the pair, so into a graph 5,000 rows larger.
 Embeddings are the corpus vectors, handed over as Python lists by both (agentbus as
 ``embedding=``, LangGraph through its async lookup ``embed``). SQLite's single and batched
 figures (a fresh, empty file a run) are printed for orientation, without a target.
@@ -69,7 +74,7 @@ QUICK = {"bulk": 2000, "single": 100, "batched": 1000}
 class Rows:
     """Which corpus rows each phase writes: the bulk rows and the single rows are unique rows of
     every agent but the largest, in corpus order (the single ones follow the bulk ones); the
-    batched rows are the largest agent's."""
+    batched rows are the largest agent's, and the one-connection rows the ones after them."""
 
     def __init__(self, corpus: Corpus, single: int, batched: int, bulk: int) -> None:
         sizes = corpus.sizes()
@@ -81,7 +86,8 @@ class Rows:
         self.bulk = others[:bulk]
         self.single = others[bulk : bulk + single]
         self.batched = corpus.by_agent[largest][:batched]
-        if len(self.single) < single or len(self.batched) < batched or len(self.bulk) < bulk:
+        self.one_connection = corpus.by_agent[largest][batched : 2 * batched]
+        if len(self.single) < single or len(self.one_connection) < batched or len(self.bulk) < bulk:
             raise SystemExit("the corpus has fewer rows than asked for")
 
 
@@ -163,8 +169,10 @@ async def one_run(
         await create_database(server, name)
     owner_dsn, lg_dsn = server.dsn_for("agentbus_owner", ab), server.dsn_for("agentbus_owner", lg)
     adapter = PgAdapter(server.dsn_for("agentbus_app", ab), admin_dsn=owner_dsn, embedding_dim=DIM)
+    one = PgAdapter(server.dsn_for("agentbus_app", ab), embedding_dim=DIM, insert_connections=1)
     result: dict[str, float] = {}
     await adapter.open()
+    await one.open()
     try:
         async with langgraph_store(lg_dsn, corpus) as store:
             loads: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
@@ -188,10 +196,15 @@ async def one_run(
             for pair in (phases[0:2], phases[2:4]):
                 for name, fn, count in pair if run % 2 == 0 else pair[::-1]:
                     result[name] = await timed(fn, count)
+            result["agentbus batched 1 conn"] = await timed(
+                lambda: agentbus_batched(one, corpus, rows.largest, rows.one_connection),
+                len(rows.one_connection),
+            )
         written = len(rows.bulk) + len(rows.single) + len(rows.batched)
-        assert await count_rows(owner_dsn, "memory_items") == written
+        assert await count_rows(owner_dsn, "memory_items") == written + len(rows.one_connection)
         assert await count_rows(lg_dsn, "store_vectors") == written
     finally:
+        await one.aclose()
         await adapter.aclose()
     for name in (ab, lg):
         await drop_database(server, name)
@@ -247,6 +260,10 @@ def summary(results: list[dict[str, float]]) -> list[str]:
         target_line("bulk/LangGraph aput", ratio("agentbus bulk", "langgraph aput"), ">=", 5)
         + f"   agentbus bulk {med('agentbus bulk'):,.0f}/s incl. HNSW build + VACUUM",
         target_line("bulk/LangGraph abatch", ratio("agentbus bulk", "langgraph abatch"), ">=", 5),
+        f"{'1-conn batched/LG aput':<28} "
+        f"{ratio('agentbus batched 1 conn', 'langgraph aput'):5.2f} (no target)   "
+        f"create_items with insert_connections=1, the next rows: "
+        f"{med('agentbus batched 1 conn'):,.0f}/s",
         f"{'single/LangGraph aput':<28} {ratio('agentbus single', 'langgraph aput'):5.2f} "
         f"(no target)   agentbus single {med('agentbus single'):,.0f}/s",
         f"{'bulk/LangGraph by hand':<28} {ratio('agentbus bulk', 'langgraph rebuilt'):5.2f} "
@@ -258,7 +275,7 @@ def summary(results: list[dict[str, float]]) -> list[str]:
     for name in results[0]:
         values = [r[name] for r in results]
         spread = f"({min(values):,.0f}..{max(values):,.0f})"
-        lines.append(f"  {name:<18} {statistics.median(values):8,.0f}   {spread}")
+        lines.append(f"  {name:<23} {statistics.median(values):8,.0f}   {spread}")
     return lines
 
 

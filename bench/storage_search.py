@@ -11,8 +11,10 @@ same vectors through a lookup ``embed``, HNSW m=16 ef_construction=200 like agen
 set through its ``ann_index_config``). Both PostgreSQL stores are bulk-loaded the same way: HNSW
 index dropped, rows in, index rebuilt, ``VACUUM (ANALYZE)``. LangGraph has no setting for
 ``hnsw.ef_search``, so its searches run at pgvector's default, 40; agentbus's run at its default
-(``PgAdapter(hnsw_ef_search=100)``) and, as an extra contender, at 40 through a second adapter
-on the same database.
+(``PgAdapter(hnsw_ef_search=100)``: the HNSW path's ef_search follows the share of the index the
+agent may see, from 40 when it sees most rows up to 100 — 41 for the largest agent here, 100
+for the one medium agent above the exact-path bound) and, as an extra contender, capped at 40
+(``hnsw_ef_search=40``) through a second adapter on the same database.
 
 Queries — **held-out rows**: for each agent below, a few of its rows are picked at random
 (seeded) and never stored anywhere; each is one query, so a query never finds itself, and the
@@ -166,7 +168,7 @@ def plan(corpus: Corpus, quick: bool) -> Plan:
 class Stores:
     corpus: Corpus
     pg: PgAdapter
-    pg40: PgAdapter  # the same database, hnsw.ef_search 40 (pgvector's default, LangGraph's)
+    pg40: PgAdapter  # the same database, hnsw.ef_search at most 40 (pgvector's default)
     sqlite: SQLiteAdapter
     langgraph: Any
     ids: dict[int, str]  # corpus row -> item id (the same on both agentbus backends)

@@ -31,6 +31,9 @@ else:
     Conn = PoolConnectionProxy
 
 _SET_AGENT = "SELECT set_config('app.agent_id', $1, true)"
+_SET_AGENT_AND_LOCK_TIMEOUT = (
+    "SELECT set_config('app.agent_id', $1, true), set_config('lock_timeout', $2, true)"
+)
 _CLOSE_TIMEOUT = 5.0
 _MAX_HNSW_DIM = 2000  # pgvector's HNSW index on `vector` columns
 
@@ -79,6 +82,7 @@ class PgCore:
         pool: asyncpg.Pool[asyncpg.Record] | None,
         hnsw_ef_search: int = 100,
         vector_exact_max: int | None = None,
+        insert_connections: int = 2,
         master_key: MasterKey | None = None,
         master_key_loader: Callable[[], MasterKey] = MasterKey.load,
     ) -> None:
@@ -99,6 +103,12 @@ class PgCore:
             )
         if not isinstance(hnsw_ef_search, int) or not 1 <= hnsw_ef_search <= 1000:
             raise ConfigError(f"hnsw_ef_search must be 1..1000, got {hnsw_ef_search!r}")
+        if (
+            isinstance(insert_connections, bool)
+            or not isinstance(insert_connections, int)
+            or insert_connections < 1
+        ):
+            raise ConfigError(f"insert_connections must be at least 1, got {insert_connections!r}")
         if master_key is not None and not isinstance(master_key, MasterKey):
             raise ConfigError(f"master_key must be a MasterKey, got {type(master_key).__name__}")
         if vector_exact_max is not None and (
@@ -107,6 +117,10 @@ class PgCore:
             raise ConfigError(f"vector_exact_max must be >= 0, got {vector_exact_max!r}")
         self.hnsw_ef_search = hnsw_ef_search
         self.vector_exact_max = vector_exact_max
+        self.insert_connections = min(insert_connections, max_connections)
+        # How long a share of a batched insert waits for a lock before the batch is redone in
+        # one transaction (see PgMemory.create_items); tests shorten it.
+        self.share_lock_timeout = 1.0
         self.dsn = dsn
         self.admin_dsn = admin_dsn
         self.embedding_dim = embedding_dim
@@ -190,8 +204,13 @@ class PgCore:
             pool.terminate()
 
     @asynccontextmanager
-    async def transaction(self, agent_id: str | None, action: str) -> AsyncIterator[Conn]:
+    async def transaction(
+        self, agent_id: str | None, action: str, *, lock_timeout: float | None = None
+    ) -> AsyncIterator[Conn]:
         """A transaction acting as ``agent_id`` (None: no agent, which sees no agent rows).
+
+        ``lock_timeout`` (seconds): a statement that waits longer for a lock fails with
+        asyncpg's ``LockNotAvailableError`` (55P03) in the body; None: PostgreSQL's setting.
 
         Raises: StorageUnavailableError when the adapter is not open or PostgreSQL is down.
         If cancelled or disconnected, the transaction is rolled back by the server.
@@ -201,7 +220,11 @@ class PgCore:
             raise StorageUnavailableError("the PgAdapter is not open: await adapter.open() first")
         with map_pg_errors(action):
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(_SET_AGENT, agent_id or "")
+                if lock_timeout is None:
+                    await conn.execute(_SET_AGENT, agent_id or "")
+                else:
+                    timeout = f"{max(1, round(lock_timeout * 1000))}ms"
+                    await conn.execute(_SET_AGENT_AND_LOCK_TIMEOUT, agent_id or "", timeout)
                 yield conn
 
 

@@ -9,10 +9,13 @@ found" to every mutation.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import anyio
+import asyncpg
 from pgvector import Vector
 
 from ._canonical import (
@@ -25,7 +28,7 @@ from ._canonical import (
     now_utc,
     optional_utc,
 )
-from ._errors import NotFoundError, ValidationError
+from ._errors import NotFoundError, StorageUnavailableError, ValidationError
 from ._models import (
     MAX_SUMMARY_CHARS,
     MAX_TEXT_CHARS,
@@ -79,6 +82,17 @@ ON CONFLICT ON CONSTRAINT memory_items_content DO UPDATE
         last_reinforced_at = EXCLUDED.created_at, updated_at = EXCLUDED.created_at
 RETURNING {ITEM_COLUMNS}
 """
+
+# create_items shares a batch among several connections from this many embedded rows (each
+# HNSW insert costs milliseconds, measured ~4 ms a row at 20-70k rows); chunks of a share.
+PARALLEL_MIN_EMBEDDED = 32
+_CHUNK_MIN = 8
+_CHUNK_MAX = 128
+
+
+class _Contended(Exception):
+    """A share of a batched insert waited too long for a lock; the batch runs again whole."""
+
 
 _REINFORCE = f"""
 UPDATE memory_items AS m
@@ -192,41 +206,151 @@ class PgMemory(MemoryLinks):
         return (await self.create_items([spec]))[0]
 
     async def create_items(self, items: Sequence[Mapping[str, Any]]) -> list[MemoryItem]:
-        """Create many items in one transaction and one INSERT … SELECT FROM unnest.
+        """Create many items with ``INSERT … SELECT FROM unnest``, all or nothing.
 
         Returns one item per input, in input order, as if ``create_item`` had been called for
         each in turn (a summary repeated within the batch reinforces the first).
+
+        Every item is checked before anything is sent. A batch of fewer than
+        ``PARALLEL_MIN_EMBEDDED`` embedded rows, or with ``insert_connections=1``, is one
+        transaction. A larger one is shared out, a chunk at a time, among up to
+        ``insert_connections`` transactions on separate pool connections, so that the HNSW
+        index inserts (milliseconds a row) run on several server processes at once. The
+        shares commit only after every share is inserted: if one fails, or the call is
+        cancelled before then, all roll back. Their COMMITs are separate statements, so another
+        reader may see one share a moment before the others, and a connection lost during that
+        last step may leave some shares committed (``StorageUnavailableError`` says to check,
+        as for any lost COMMIT). Each summary goes to one share, so the content-hash rule holds
+        as in one transaction. A share that waits for a lock longer than about a second (a
+        concurrent batch of this agent holding the same summaries, a table lock queued in
+        between) makes the whole batch roll back and run again as one transaction, which
+        waits normally — shares waiting for each other across two such batches could
+        otherwise wait forever, unseen by PostgreSQL's deadlock detector. Rows go in in
+        content-hash order, so that two batches of one agent never deadlock either.
         """
         specs = [_NewItem(spec, self._dim) for spec in items]
         if not specs:
             return []
         first: dict[str, _NewItem] = {}
+        repeats: dict[str, int] = {}
         for spec in specs:
-            first.setdefault(spec.content_hash, spec)
-        batch = list(first.values())
+            if spec.content_hash in first:
+                repeats[spec.content_hash] = repeats.get(spec.content_hash, 0) + 1
+            else:
+                first[spec.content_hash] = spec
+        # In content-hash order: concurrent batches of one agent meet each other's rows in the
+        # same order, so their transactions never deadlock over shared summaries.
+        batch = sorted(first.values(), key=lambda spec: spec.content_hash)
         now = now_utc()
-        async with self._scope.tx("creating items") as conn:
-            await self._check_references(conn, batch)
-            rows = await conn.fetch(
-                _INSERT_ITEMS, self._agent, now,
-                [s.id for s in batch], [s.summary for s in batch],
-                [s.memory_type for s in batch], [s.visibility for s in batch],
-                [s.team_id for s in batch], [s.resource_id for s in batch],
-                [s.content_hash for s in batch], [s.significance for s in batch],
-                [s.happened_at for s in batch], [s.embedding for s in batch],
-                [s.metadata for s in batch],
-            )  # fmt: skip
-            by_hash = {row["content_hash"]: item_row(row) for row in rows}
-            results: list[MemoryItem] = []
-            for spec in specs:
-                if spec is not first[spec.content_hash]:  # a repeat within this batch
-                    row = await conn.fetchrow(
-                        _REINFORCE, by_hash[spec.content_hash].id, self._agent, now
-                    )
-                    assert row is not None
-                    by_hash[spec.content_hash] = item_row(row)
-                results.append(by_hash[spec.content_hash])
+        states: dict[str, list[MemoryItem]] | None = None
+        if self._shareable(batch):
+            states = await self._insert_shares(batch, repeats, now)
+        if states is None:
+            async with self._scope.tx("creating items") as conn:
+                states = await self._insert(conn, batch, repeats, now)
+        seen: dict[str, int] = {}
+        results: list[MemoryItem] = []
+        for spec in specs:  # the n-th occurrence of a summary gets the n-th state of its row
+            n = seen.get(spec.content_hash, 0)
+            seen[spec.content_hash] = n + 1
+            results.append(states[spec.content_hash][n])
         return results
+
+    def _shareable(self, batch: Sequence[_NewItem]) -> bool:
+        if self._scope.core.insert_connections < 2:
+            return False
+        if sum(1 for s in batch if s.embedding is not None) < PARALLEL_MIN_EMBEDDED:
+            return False
+        # Two rows with one id in two shares would wait for each other until the lock
+        # timeout; in one transaction the second one is refused at once.
+        return len({s.id for s in batch}) == len(batch)
+
+    async def _insert(
+        self, conn: Conn, batch: Sequence[_NewItem], repeats: Mapping[str, int], now: datetime
+    ) -> dict[str, list[MemoryItem]]:
+        """Insert (or reinforce) ``batch`` — one row per summary — then reinforce each row once
+        per repeat; returns each summary's states in that order."""
+        await self._check_references(conn, batch)
+        rows = await conn.fetch(
+            _INSERT_ITEMS, self._agent, now,
+            [s.id for s in batch], [s.summary for s in batch],
+            [s.memory_type for s in batch], [s.visibility for s in batch],
+            [s.team_id for s in batch], [s.resource_id for s in batch],
+            [s.content_hash for s in batch], [s.significance for s in batch],
+            [s.happened_at for s in batch], [s.embedding for s in batch],
+            [s.metadata for s in batch],
+        )  # fmt: skip
+        states = {row["content_hash"]: [item_row(row)] for row in rows}
+        for spec in batch:
+            for _ in range(repeats.get(spec.content_hash, 0)):
+                row = await conn.fetchrow(
+                    _REINFORCE, states[spec.content_hash][-1].id, self._agent, now
+                )
+                assert row is not None
+                states[spec.content_hash].append(item_row(row))
+        return states
+
+    async def _insert_shares(
+        self, batch: Sequence[_NewItem], repeats: Mapping[str, int], now: datetime
+    ) -> dict[str, list[MemoryItem]] | None:
+        """``batch`` inserted by up to ``insert_connections`` transactions that commit together
+        (see ``create_items``); None when one of them waited too long for a lock (all rolled
+        back)."""
+        core = self._scope.core
+        workers = core.insert_connections
+        size = min(_CHUNK_MAX, max(_CHUNK_MIN, -(-len(batch) // (workers * 4))))
+        chunks = deque(batch[start : start + size] for start in range(0, len(batch), size))
+        states: dict[str, list[MemoryItem]] = {}
+        inserted = anyio.Event()  # every chunk is in: the shares may commit
+        busy = 0  # shares holding a connection and inserting
+        waiting: set[anyio.CancelScope] = set()  # shares still waiting for a connection
+        hopeful = workers  # shares that have a connection or may still get one
+
+        async def share() -> None:
+            nonlocal busy, hopeful
+            started = False
+            try:
+                with anyio.CancelScope() as scope:
+                    waiting.add(scope)
+                    async with core.transaction(
+                        self._agent, "creating items", lock_timeout=core.share_lock_timeout
+                    ) as conn:
+                        started = True
+                        waiting.discard(scope)
+                        if not chunks:
+                            return  # the others did everything: commit nothing
+                        busy += 1
+                        try:
+                            while chunks:
+                                chunk = chunks.popleft()
+                                states.update(await self._insert(conn, chunk, repeats, now))
+                        except asyncpg.LockNotAvailableError as exc:
+                            raise _Contended from exc
+                        busy -= 1
+                        if not busy and not chunks:
+                            inserted.set()
+                            for other in waiting:  # no work left for shares still waiting
+                                other.cancel()
+                        await inserted.wait()
+            except StorageUnavailableError:
+                hopeful -= 0 if started else 1
+                if started or not hopeful:
+                    raise
+                # No spare connection to be had (too many clients, the server going away):
+                # the other shares carry on, and fail on their own if it is gone.
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(workers):
+                    tg.start_soon(share)
+        except BaseExceptionGroup as group:
+            if group.subgroup(_Contended) is not None:
+                return None
+            # Not an ExceptionGroup out of the store: the first failure (shares that failed
+            # together, e.g. when the server went away, fail alike), its cause kept.
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        return states
 
     async def _check_references(self, conn: Conn, batch: Sequence[_NewItem]) -> None:
         # Foreign keys ignore row-level security: check that referenced rows are visible (the

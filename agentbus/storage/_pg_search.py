@@ -1,15 +1,19 @@
 """Memory search on PostgreSQL: keyword, vector and hybrid (RRF) in one statement.
 
-Both branches run in SECURITY DEFINER functions (migration 0003) that apply the transaction's
-agent id themselves, because under row-level security the planner will not use the GIN index
-for ``@@`` (not leakproof). The functions return ids and scores; the statement below joins them
-to ``memory_items`` under RLS, so every id is checked against the policies once more.
+``agentbus_search_items`` (migration 0008) is a SECURITY DEFINER function that applies the
+transaction's agent id itself, because under row-level security the planner will not use the GIN
+index for ``@@`` (not leakproof). It runs both branches and their fusion and returns the best
+``limit`` ids with their rank and score in each branch; the statement below reads those rows
+under RLS, so every id is checked against the policies once more.
 
 - keyword: ``plainto_tsquery('english', query)`` — every term must match after English stemming
   and stop-word removal (a query of stop words only matches nothing); ranked by ``ts_rank``,
   ties by id. SQLite's FTS5 ``porter`` keeps stop words: result sets agree where both stem alike.
 - vector: cosine distance, score = 1 - distance; ``limit`` rows whenever that many are visible
-  (exact scan for small visible sets, iterative HNSW for large ones, exact fallback).
+  (exact scan for small visible sets, iterative HNSW for large ones, exact fallback). The HNSW
+  scan's ``hnsw.ef_search`` follows the estimated share of the index the agent may see: 40 when
+  it sees most rows, more (up to ``PgAdapter(hnsw_ef_search=)``) when it sees fewer, where a
+  filtered HNSW scan needs more candidates (migration 0008 has the measurements).
 - hybrid: Reciprocal Rank Fusion (k = 60) of the two branches, each cut at ``limit`` with the
   filters applied inside it, ties by id; without an embedding, keyword only.
 """
@@ -20,35 +24,27 @@ from pgvector import Vector
 
 from ._canonical import check_choice, check_text
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, MEMORY_TYPES, VISIBILITIES, SearchHit, SearchMode
+from ._models import MAX_TEXT_CHARS, MEMORY_TYPES, RRF_K, VISIBILITIES, SearchHit, SearchMode
 from ._pg_core import Scope
 from ._pg_rows import ITEM_COLUMNS, item as item_row
-from ._rules import check_limit, fuse_rrf
+from ._rules import check_limit
 
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
 # $1 query (NULL: no keyword branch), $2 embedding (NULL: no vector branch), $3 limit,
 # $4 memory_type, $5 visibility, $6 own_only, $7 exact-path bound (NULL: automatic),
-# $8 hnsw.ef_search of the HNSW path.
+# $8 the highest hnsw.ef_search of the HNSW path.
 # The rows are read one primary-key lookup per id (LATERAL … OFFSET 0 keeps the planner from
 # turning it into a join): asyncpg caches this statement, and a generic plan made while a
 # small agent searched once scanned and hashed every visible row of the agent instead — 210 ms
 # instead of 5 for an agent with 49,539 rows (bench/storage_search.py).
 _SEARCH = f"""
-WITH keyword AS (
-    SELECT k.id, k.score, row_number() OVER (ORDER BY k.score DESC, k.id) AS rank
-    FROM agentbus_search_items_keyword($1, $3, $4, $5, $6) AS k
-), nearest AS (
-    SELECT v.id, v.distance, row_number() OVER (ORDER BY v.distance, v.id) AS rank
-    FROM agentbus_search_items_vector($2, $3, $4, $5, $6, $7, $8) AS v
-)
-SELECT item.*, keyword.rank AS keyword_rank, keyword.score AS keyword_score,
-       nearest.rank AS vector_rank, nearest.distance AS vector_distance
-FROM (SELECT id FROM keyword UNION SELECT id FROM nearest) AS hit
+SELECT item.*, hit.keyword_rank, hit.keyword_score, hit.vector_rank,
+       hit.distance AS vector_distance
+FROM agentbus_search_items($1, $2, $3, $4, $5, $6, $7, $8) WITH ORDINALITY AS hit
 CROSS JOIN LATERAL (
     SELECT {ITEM_COLUMNS} FROM memory_items m WHERE m.id = hit.id OFFSET 0) AS item
-LEFT JOIN keyword ON keyword.id = hit.id
-LEFT JOIN nearest ON nearest.id = hit.id
+ORDER BY hit.ordinality
 """
 
 
@@ -74,27 +70,16 @@ async def search_items(
             _SEARCH, keyword_query, vector_query, limit, kind, vis, bool(own_only),
             scope.core.vector_exact_max, scope.core.hnsw_ef_search,
         )  # fmt: skip
-    by_id = {row["id"]: row for row in rows}
-    if mode == "keyword":
-        ranked = sorted((r for r in rows if r["keyword_rank"]), key=lambda r: r["keyword_rank"])
-        return [
-            SearchHit(item=item_row(r), score=float(r["keyword_score"]),
-                      keyword_rank=r["keyword_rank"], vector_rank=None)
-            for r in ranked
-        ]  # fmt: skip
-    if mode == "vector":
-        ranked = sorted((r for r in rows if r["vector_rank"]), key=lambda r: r["vector_rank"])
-        return [
-            SearchHit(item=item_row(r), score=1.0 - float(r["vector_distance"]),
-                      keyword_rank=None, vector_rank=r["vector_rank"])
-            for r in ranked
-        ]  # fmt: skip
-    keyword_ids = [r["id"] for r in sorted(
-        (r for r in rows if r["keyword_rank"]), key=lambda r: r["keyword_rank"])]  # fmt: skip
-    vector_ids = [r["id"] for r in sorted(
-        (r for r in rows if r["vector_rank"]), key=lambda r: r["vector_rank"])]  # fmt: skip
-    return [
-        SearchHit(item=item_row(by_id[item_id]), score=score,
-                  keyword_rank=kw, vector_rank=vec)
-        for item_id, score, kw, vec in fuse_rrf(keyword_ids, vector_ids, limit=limit)
-    ]  # fmt: skip
+    # The function has ordered the rows already (by the one list, or fused); the scores are
+    # computed here as ``fuse_rrf`` computes them, so both backends give the same floats.
+    hits = []
+    for row in rows:
+        kw, vec = row["keyword_rank"], row["vector_rank"]
+        if mode == "keyword":
+            score = float(row["keyword_score"])
+        elif mode == "vector":
+            score = 1.0 - float(row["vector_distance"])
+        else:
+            score = (1 / (RRF_K + kw) if kw else 0.0) + (1 / (RRF_K + vec) if vec else 0.0)
+        hits.append(SearchHit(item=item_row(row), score=score, keyword_rank=kw, vector_rank=vec))
+    return hits

@@ -55,13 +55,19 @@ class PgAdapter:
             transaction mode. None: asyncpg's default.
         pool: an asyncpg pool to use instead of making one (created with
             ``init=init_connection``); the adapter does not close it.
-        hnsw_ef_search: ``hnsw.ef_search`` of agent-scoped vector searches that take the HNSW
-            path (100: recall@10 0.985 for the largest agent of the shared corpus, 64: 0.965
-            and 1.5 ms faster).
+        hnsw_ef_search: the highest ``hnsw.ef_search`` of agent-scoped memory vector searches
+            that take the HNSW path. Each uses 2.5 x limit / the share of the index the agent
+            may see (estimated from the planner's statistics), at least 40 and the limit, at
+            most this: 40 when it sees most rows (recall@10 about 0.98 there), this when it
+            sees a quarter or less or the share is unknown (migration 0008 has the figures).
+            Knowledge search uses it as it is.
         vector_exact_max: visible embedded rows below which vector search scans them exactly
             instead of using HNSW; None: sqrt(5 * limit * rows in the table), at least 1000
             (see migration 0003). Knowledge search uses it for the permitted embedded chunks;
             None there: sqrt(20 * limit * chunks in the table), at least 1000 (migration 0005).
+        insert_connections: connections ``memory.create_items`` may use at once for a batch of
+            32 or more embedded rows (at most ``max_connections``); 1: always one transaction.
+            The shares commit together after all are inserted (see ``PgMemory.create_items``).
         master_key: the service keys' master key. None: loaded on first service-key use with
             ``MasterKey.load`` (``AGENTBUS_MASTER_KEY``, else the configured key file, created
             with mode 0600 when missing), once per adapter.
@@ -72,8 +78,9 @@ class PgAdapter:
     ``observations`` and ``feedback`` (``_pg_sessions``), ``live_candidates``
     (``_pg_candidates``); ``rotate_master_key`` is a maintenance method of the adapter.
 
-    Every store call is one transaction. If it is cancelled, or the connection breaks, before
-    COMMIT, none of it is applied; a break during COMMIT leaves it unknown whether it was
+    Every store call is one transaction (``memory.create_items`` of a large batch: several
+    that commit together). If it is cancelled, or the connection breaks, before COMMIT, none
+    of it is applied; a break during COMMIT leaves it unknown whether it was
     (``StorageUnavailableError`` says so); a retry that passes the same ``id=`` cannot create
     a second row.
     """
@@ -89,6 +96,7 @@ class PgAdapter:
         pool: asyncpg.Pool[asyncpg.Record] | None = None,
         hnsw_ef_search: int = 100,
         vector_exact_max: int | None = None,
+        insert_connections: int = 2,
         master_key: MasterKey | None = None,
     ) -> None:
         core = PgCore(
@@ -100,6 +108,7 @@ class PgAdapter:
             pool=pool,
             hnsw_ef_search=hnsw_ef_search,
             vector_exact_max=vector_exact_max,
+            insert_connections=insert_connections,
             master_key=master_key,
         )
         self._init_view(core, None)

@@ -26,6 +26,7 @@ from agentbus.storage._errors import (
     DependencyCycleError,
     MigrationError,
     NotFoundError,
+    PermissionDeniedError,
     StorageError,
     StorageUnavailableError,
 )
@@ -392,7 +393,8 @@ async def test_raw_sql_sees_family_public_and_own_team_rows(new_pair: Any, app_c
 
 async def test_adapter_reads_family_and_team_rows_but_cannot_change_them(new_pair: Any) -> None:
     """A reads B's family item and its team's task through the adapter, but reinforcing, embedding
-    or deleting B's item and updating or deleting B's task are "not found"."""
+    or deleting B's item are "not found", and updating or deleting B's task and disbanding B's
+    team are refused (PermissionDeniedError: A sees them; the contract's rule)."""
     a, b = new_pair()
     team = await b.teams.create_team("work crew", members=[a.agent_id])
     family = await b.memory.create_item("family lantern note", visibility="family")
@@ -403,12 +405,18 @@ async def test_adapter_reads_family_and_team_rows_but_cannot_change_them(new_pai
         "reinforce": lambda: a.memory.reinforce_item(family.id),
         "embed": lambda: a.memory.embed_item(family.id, as_list(unit(3))),
         "delete item": lambda: a.memory.delete_item(family.id),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotFoundError):
+            await call()
+        assert name
+    refused = {
         "update task": lambda: a.tasks.update_task(task.id, title="taken"),
         "delete task": lambda: a.tasks.delete_task(task.id),
         "disband": lambda: a.teams.disband_team(team.id),
     }
-    for name, call in calls.items():
-        with pytest.raises(NotFoundError):
+    for name, call in refused.items():
+        with pytest.raises(PermissionDeniedError):
             await call()
         assert name
     assert await b.memory.get_item(family.id) == family
@@ -551,11 +559,11 @@ async def test_explain_as_the_app_role_shows_gin_and_hnsw_in_use(
     conn.add_log_listener(lambda _conn, message: plans.append(message.message))
     try:
         async with acting_as(conn, agent):
-            found = await conn.fetch("SELECT * FROM agentbus_search_items_keyword('zeppelin', 10)")
+            found = await conn.fetch("SELECT * FROM agentbus_search_items('zeppelin', NULL, 10)")
             keyword_plans, plans[:] = "\n".join(plans), []
             query = "[" + ",".join(str(v) for v in vectors[5]) + "]"
             nearest = await conn.fetch(
-                "SELECT * FROM agentbus_search_items_vector($1::text::vector, 10)", query
+                "SELECT * FROM agentbus_search_items(NULL, $1::text::vector, 10)", query
             )
             vector_plans, plans[:] = "\n".join(plans), []
             direct = await conn.fetch(
