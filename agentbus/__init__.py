@@ -33,6 +33,7 @@ from ._errors import (
 )
 from ._ids import uuid7 as uuid7, validate_agent_id as validate_agent_id
 from ._keys import Keys as Keys
+from .storage._fence import Fence as Fence
 from .streams import (
     DeadLetter as DeadLetter,
     MailboxStats as MailboxStats,
@@ -57,6 +58,7 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "EncodeError",
+    "Fence",
     "InvalidAgentIdError",
     "InvalidNameError",
     "Keys",

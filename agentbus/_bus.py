@@ -530,7 +530,8 @@ class AgentBus:
         family: bool = False,
     ) -> Lock:  # fmt: skip
         """A lock held for an ``async with`` body: ``async with bus.lock("nightly", ttl=30) as
-        lease`` (``lease.fencing_token``). Scoped to this agent, or family-wide.
+        lease`` (``lease.fencing_token``). Scoped to this agent, or family-wide. Storage writes
+        under the lock take ``fence=lease.fence``, which carries that scope.
 
         Raises:
             LockNotAcquiredError: not acquired (``blocking=False`` or ``timeout``).
@@ -570,7 +571,8 @@ class AgentBus:
         family: bool = False,
     ) -> None:
         """Run ``fn(run)`` at most once per ``every`` seconds across every process of this
-        agent (or of the family), until cancelled. ``run.fencing_token`` fences its writes."""
+        agent (or of the family), until cancelled. ``run.fencing_token`` fences its writes
+        (``fenced_write``; storage writes take ``fence=run.fence``, in the heartbeat's scope)."""
         self._check_open()
         await run_heartbeat(
             self._client, self.keys, HeartbeatScripts(self._client), fn, every=every, name=name,

@@ -5,7 +5,8 @@ runner tries to claim the window with one Lua script (the window number only mov
 window is claimed once); the winner gets a fencing token, marks the run as running (a key with a
 TTL it renews), runs ``fn`` and records the outcome. A run still going at the next boundary makes
 that window a skip, so windows never pile up; a runner that dies mid-run stops renewing, its
-running key expires, and the next window runs elsewhere.
+running key expires, and the next window runs elsewhere. ``fn``'s storage writes take
+``fence=run.fence`` (in the heartbeat's scope, like a lock's ``lease.fence``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from .._ids import validate_name
-from .._keys import Keys
+from .._keys import FAMILY, Keys
+from ..storage._fence import Fence
 from ..streams._redis import CONNECTION_ERRORS, Backoff, map_redis_errors
 from ..streams._scripts import load_script
 
@@ -30,7 +32,10 @@ logger = logging.getLogger("agentbus")
 
 
 class HeartbeatRun(msgspec.Struct, frozen=True, kw_only=True):
-    """One run: what ``fn`` receives, and (with outcome) what the dashboard reads."""
+    """One run: what ``fn`` receives, and (with outcome) what the dashboard reads.
+
+    ``family`` is True for a family-wide heartbeat (one token counter for the whole family).
+    """
 
     name: str
     window: int
@@ -40,6 +45,14 @@ class HeartbeatRun(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     duration: float | None = None
     outcome: str | None = None  # "ok", "error: <type>: <message>" or "cancelled"
+    family: bool = False  # new: records written before it existed read as False
+
+    @property
+    def fence(self) -> Fence:
+        """The fence for the run's storage writes, in the heartbeat's scope:
+        ``update_task(task_id, ..., fence=run.fence)`` is refused (``StaleWriteError``) once a
+        later run has written with its token."""
+        return Fence(self.name, self.fencing_token, family=self.family)
 
 
 _json = msgspec.json.Encoder()
@@ -93,7 +106,8 @@ async def run_heartbeat(
                 ))  # fmt: skip
                 if token > 0:
                     run = HeartbeatRun(name=name, window=window, fencing_token=token,
-                                       runner=runner, started_at=now)  # fmt: skip
+                                       runner=runner, started_at=now,
+                                       family=scope == FAMILY)  # fmt: skip
                     await _run_once(client, keys, scripts, fn, run, scope, every)
                 now = await redis_time(client)
             backoff.reset()

@@ -8,7 +8,9 @@ body is cancelled and the ``async with`` raises :class:`LockLostError` — befor
 get the lock.
 
 A write that must not come from a stale holder carries the fencing token; :func:`fenced_write`
-refuses a token older than one already seen for that name.
+refuses a token older than one already seen for that name, and storage writes take
+``fence=lease.fence`` (a :class:`~agentbus.storage.Fence` in the lock's scope: the family's for a
+family-wide lock, whose tokens come from one counter, else the agent's).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import redis.exceptions as redis_errors
 
 from .._errors import LockLostError, LockNotAcquiredError, StaleFencingTokenError
 from .._ids import validate_name
-from .._keys import Keys
+from .._keys import FAMILY, Keys
+from ..storage._fence import Fence
 from ..streams._direct_line import DirectLine
 from ..streams._redis import CONNECTION_ERRORS, backend_error, map_redis_errors
 from ..streams._scripts import load_script
@@ -77,17 +80,33 @@ def safety_margin(ttl: float) -> float:
 
 
 class LockLease:
-    """A held lock: ``fencing_token`` strictly increases with every acquisition of the name."""
+    """A held lock: ``fencing_token`` strictly increases with every acquisition of the name.
 
-    def __init__(self, name: str, token: str, fencing_token: int, ttl: float) -> None:
+    ``family`` is True for a family-wide lock (one token counter for the whole family), False
+    for a lock scoped to one agent (a counter of that agent's own).
+    """
+
+    def __init__(
+        self, name: str, token: str, fencing_token: int, ttl: float, *, family: bool = False
+    ) -> None:
         self.name = name
         self.token = token
         self.fencing_token = fencing_token
         self.ttl = ttl
+        self.family = family
         self.lost = False
 
+    @property
+    def fence(self) -> Fence:
+        """The fence for storage writes made under this lock, in the lock's scope:
+        ``await bus.storage.tasks.update_task(task_id, ..., fence=lease.fence)`` is refused
+        (``StaleWriteError``) once a newer holder has written with its token — any agent's
+        holder for a family-wide lock, this agent's for its own."""
+        return Fence(self.name, self.fencing_token, family=self.family)
+
     def __repr__(self) -> str:
-        return f"LockLease(name={self.name!r}, fencing_token={self.fencing_token})"
+        family = ", family=True" if self.family else ""
+        return f"LockLease(name={self.name!r}, fencing_token={self.fencing_token}{family})"
 
 
 class Lock:
@@ -122,6 +141,7 @@ class Lock:
         self._timeout = timeout
         self._holder = holder
         self._keys = [keys.lock(scope, name), keys.locks(scope)]
+        self._family = scope == FAMILY  # whose token counter: the family's or the agent's
         self._keeper = keeper
         self._lease: LockLease | None = None
         self._body: anyio.CancelScope | None = None  # the body's scope, made on entry
@@ -147,7 +167,7 @@ class Lock:
             except redis_errors.RedisError as exc:
                 raise backend_error(exc, f"acquiring lock {self.name!r}") from exc
             if int(fence) > 0:
-                self._lease = LockLease(self.name, token, int(fence), self.ttl)
+                self._lease = LockLease(self.name, token, int(fence), self.ttl, family=self._family)
                 return self._lease
             now = time.monotonic()
             if not self._blocking or (deadline is not None and now >= deadline):

@@ -24,6 +24,7 @@ from ._factory import (
     get_storage_adapter as get_storage_adapter,
     release_storage_adapter as release_storage_adapter,
 )
+from ._fence import Fence as Fence
 from ._models import (
     PRIORITY_RANK as PRIORITY_RANK,
     UNASSIGNED as UNASSIGNED,
@@ -59,6 +60,7 @@ __all__ = [
     "DependencyCycleError",
     "DimensionMismatchError",
     "Entity",
+    "Fence",
     "Lesson",
     "MemoryItem",
     "MemoryStats",

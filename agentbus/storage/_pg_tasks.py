@@ -23,7 +23,8 @@ from ._canonical import (
     now_utc,
     optional_utc,
 )
-from ._errors import NotFoundError, PermissionDeniedError, StaleWriteError, ValidationError
+from ._errors import NotFoundError, PermissionDeniedError, ValidationError
+from ._fence import Fence
 from ._models import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
@@ -50,7 +51,9 @@ from ._rules import (
     check_limit,
     check_offset,
     check_tags,
+    fence_scope,
     merge_metadata,
+    stale_write,
     status_stamps,
 )
 
@@ -77,7 +80,9 @@ ORDER BY {TASK_ORDER}
 LIMIT $12 OFFSET $13
 """
 
-# Fencing: the newest token seen per (agent, name); an older one refuses the whole write.
+# Fencing: the newest token seen per (scope, name) — scope the agent, or '~family' for a
+# family-wide fence (any agent reads and advances those rows, migration 0009); an older token
+# refuses the whole write.
 _FENCE = """
 INSERT INTO fences AS f (agent_id, name, token, updated_at) VALUES ($1, $2, $3, $4)
 ON CONFLICT (agent_id, name) DO UPDATE SET token = EXCLUDED.token, updated_at = EXCLUDED.updated_at
@@ -159,15 +164,16 @@ class PgTasks(TaskGraph):
         status: TaskStatus | None = None, priority: Priority | None = None,
         assignee: str | None = None, project: str | None = None,
         tags: Sequence[str] | None = None, due_at: datetime | None = None,
-        metadata: Mapping[str, Any] | None = None, fence: tuple[str, int] | None = None,
+        metadata: Mapping[str, Any] | None = None, fence: Fence | tuple[str, int] | None = None,
     ) -> Task:  # fmt: skip
         """Change the given fields (None: unchanged; ``assignee=UNASSIGNED`` unassigns).
 
         ``metadata`` is merged (keys set to None are removed). ``pending`` while a dependency
         is open is stored as ``blocked``. ``updated_at`` moves when a field other than the
-        status and the assignee is given, or when one of those changes. ``fence=(name,
-        token)`` refuses the write when a newer token was seen for ``name`` by this agent, in
-        the same transaction.
+        status and the assignee is given, or when one of those changes. ``fence`` (a
+        :class:`Fence`, e.g. ``lease.fence``, or ``(name, token)`` for this agent's scope)
+        refuses the write when a newer token was seen for its name in its scope — this agent's,
+        or the family's (migration 0009) — in the same transaction.
 
         Raises: NotFoundError (not visible), PermissionDeniedError (visible, but neither owned
         nor assigned), StaleWriteError, ValidationError.
@@ -197,7 +203,7 @@ class PgTasks(TaskGraph):
         now = now_utc()
         async with self._scope.tx("updating a task") as conn:
             if checked_fence is not None:
-                await self._fence(conn, *checked_fence, now)
+                await self._fence(conn, checked_fence, now)
             current = await self._writable(conn, task_id)
             if patch is not None:
                 assert metadata is not None
@@ -239,13 +245,10 @@ class PgTasks(TaskGraph):
         if other:
             await record_event(conn, task_id, now, "updated", self._agent, {"fields": other})
 
-    async def _fence(self, conn: Conn, name: str, token: int, now: datetime) -> None:
-        seen = await conn.fetchval(_FENCE, self._agent, name, token, now)
-        if seen is None:
-            raise StaleWriteError(
-                f"fencing token {token} for {name!r} is older than one already used; this "
-                "holder lost the lock, so its write was refused"
-            )
+    async def _fence(self, conn: Conn, fence: Fence, now: datetime) -> None:
+        scope = fence_scope(fence, self._agent)
+        if await conn.fetchval(_FENCE, scope, fence.name, fence.token, now) is None:
+            raise stale_write(fence, self._agent)
 
     async def delete_task(self, task_id: str) -> bool:
         """Delete one of this agent's tasks (True); dependents it blocked are re-evaluated.

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from ._fence import Fence
 from ._models import (
     AgentRecord,
     CandidateStatus,
@@ -188,12 +189,15 @@ class TaskStore(Protocol):
         status: TaskStatus | None = None, priority: Priority | None = None,
         assignee: str | None = None, project: str | None = None,
         tags: Sequence[str] | None = None, due_at: datetime | None = None,
-        metadata: Mapping[str, Any] | None = None, fence: tuple[str, int] | None = None,
+        metadata: Mapping[str, Any] | None = None, fence: Fence | tuple[str, int] | None = None,
     ) -> Task:  # fmt: skip
         """``metadata`` is merged (keys set to None are removed), never replaced wholesale.
         Status changes stamp ``started_at``/``completed_at``; completing the last open
-        dependency of a blocked task makes it ``pending``. ``fence=(name, token)`` refuses the
-        write (``StaleWriteError``) when this agent already used a newer token for ``name``."""
+        dependency of a blocked task makes it ``pending``. ``fence`` refuses the write
+        (``StaleWriteError``) when a newer token was already used for its name in its scope:
+        ``fence=lease.fence`` (or ``run.fence``) takes the lock's scope; ``Fence(name, token,
+        family=True)`` compares with every agent's writes, ``Fence(name, token)`` or ``(name,
+        token)`` with this agent's own."""
         ...
 
     async def delete_task(self, task_id: str) -> bool: ...

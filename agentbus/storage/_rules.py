@@ -1,6 +1,6 @@
 """Rules shared by every backend, computed in Python so that backends cannot drift apart:
 Reciprocal Rank Fusion, lesson confidence steps, metadata merges, task status transitions,
-offsets, tags and fences, and the id checks of every store.
+offsets, tags and fences (and their scope), and the id checks of every store.
 
 Ids, one rule for every store and backend: an id to look up (``check_ref``) that is not text,
 empty, longer than ``MAX_ID_CHARS`` or holding NUL is a ValidationError naming the field; a
@@ -20,8 +20,10 @@ from typing import Any
 
 from .._errors import InvalidAgentIdError
 from .._ids import uuid7, validate_agent_id
+from .._keys import FAMILY
 from ._canonical import check_text
-from ._errors import ValidationError
+from ._errors import StaleWriteError, ValidationError
+from ._fence import Fence
 from ._models import DONE_STATUSES, MAX_ID_CHARS, MAX_NAME_CHARS, RRF_K, TaskStatus
 
 
@@ -97,25 +99,36 @@ def check_tags(tags: object) -> list[str]:
     return list(dict.fromkeys(checked))
 
 
-MAX_FENCING_TOKEN = 2**63 - 1
-"""The largest fencing token (a signed 64-bit integer on every backend)."""
+def check_fence(fence: object) -> Fence:
+    """``fence=``: a :class:`Fence` (its scope given by ``family``), or a ``(name, token)`` pair
+    (a tuple or list; the acting agent's scope, like ``Fence(name, token)``). The name is at most
+    ``MAX_NAME_CHARS`` and the token an integer from 0 to 2**63 - 1 (``_fence.MAX_FENCING_TOKEN``).
 
-
-def check_fence(fence: object) -> tuple[str, int]:
-    """``fence=(name, token)``: a pair (tuple or list) of a name (at most ``MAX_NAME_CHARS``)
-    and an integer token from 0 to ``MAX_FENCING_TOKEN``.
-
-    Raises: ValidationError.
+    Raises: ValidationError (anything else, a three-item tuple or a bare token included).
     """
+    if isinstance(fence, Fence):
+        return fence
     if not isinstance(fence, (tuple, list)) or len(fence) != 2:
-        raise ValidationError(f"fence must be a (name, token) pair, got {fence!r}")
-    name = check_text("fence name", fence[0], max_chars=MAX_NAME_CHARS)
-    token = fence[1]
-    if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token <= MAX_FENCING_TOKEN:
         raise ValidationError(
-            f"fencing token must be an integer from 0 to {MAX_FENCING_TOKEN}, got {token!r}"
+            "fence must be a Fence(name, token, family=...) — e.g. lease.fence — or a "
+            f"(name, token) pair, got {fence!r}"
         )
-    return name, token
+    return Fence(fence[0], fence[1])
+
+
+def fence_scope(fence: Fence, agent: str) -> str:
+    """Whose newest token ``fence`` is compared with: the family's (:data:`FAMILY`, which no
+    agent id can spell) or the acting agent's."""
+    return FAMILY if fence.family else agent
+
+
+def stale_write(fence: Fence, agent: str) -> StaleWriteError:
+    """The error for a write whose token is older than the newest one seen in its scope."""
+    by = "by any agent of the family" if fence.family else f"by agent {agent!r}"
+    return StaleWriteError(
+        f"fencing token {fence.token} for {fence.name!r} is older than one already used {by}; "
+        "this holder lost the lock to a newer one, so its write was refused"
+    )
 
 
 def check_ref(field: str, value: object) -> str:

@@ -8,7 +8,8 @@ are left alone (an in_progress task does not stop when a dependency is added or 
 Every automatic change is recorded in the task's history as a ``status`` event with reason
 ``dependencies`` (the same line PostgreSQL's trigger writes; it names no other task).
 
-Fencing tokens are kept per (agent, name), as on PostgreSQL.
+Fencing tokens are kept per (scope, name), as on PostgreSQL: the scope is the acting agent, or
+the family (``agent_id`` ``~family``, which no agent id can spell) for a family-wide fence.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._canonical import canonical_json
-from ._errors import AmbiguousIdError, DependencyCycleError, StaleWriteError
+from ._errors import AmbiguousIdError, DependencyCycleError
+from ._fence import Fence
 from ._models import OPEN_STATUSES, TaskStatus
-from ._rules import check_ref, short_task_ref
+from ._rules import check_ref, fence_scope, short_task_ref, stale_write
 from ._sqlite_codec import one, visible_sql
 
 OPEN_SQL = "(" + ", ".join(f"'{status}'" for status in sorted(OPEN_STATUSES)) + ")"
@@ -123,21 +125,20 @@ def settle_dependents(conn: sqlite3.Connection, task_id: str, by: str, now: str)
         settle(conn, dependent, by, now)
 
 
-def record_fence(conn: sqlite3.Connection, agent_id: str, fence: tuple[str, int]) -> None:
-    """Refuse a write whose fencing token is older than one this agent used for the name; else
-    remember the highest token. Runs in the write's own transaction; ``fence`` is checked by
-    ``_rules.check_fence``.
+def record_fence(conn: sqlite3.Connection, agent_id: str, fence: Fence) -> None:
+    """Refuse a write whose fencing token is older than the newest one seen in the fence's scope
+    (``agent_id``'s own, or the family's); else remember the newest token. Runs in the write's own
+    transaction; ``fence`` is checked by ``_rules.check_fence``.
 
     Raises: StaleWriteError.
     """
-    name, token = fence
-    seen = one(conn, "SELECT token FROM fences WHERE agent_id = ? AND name = ?", (agent_id, name))
-    if seen is not None and token < seen:
-        raise StaleWriteError(
-            f"fencing token {token} for {name!r} is older than {seen}: another holder took over"
-        )
+    scope = fence_scope(fence, agent_id)
+    key = (scope, fence.name)
+    seen = one(conn, "SELECT token FROM fences WHERE agent_id = ? AND name = ?", key)
+    if seen is not None and fence.token < seen:
+        raise stale_write(fence, agent_id)
     conn.execute(
         "INSERT INTO fences (agent_id, name, token) VALUES (?, ?, ?)"
         " ON CONFLICT (agent_id, name) DO UPDATE SET token = max(token, excluded.token)",
-        (agent_id, name, token),
+        (*key, fence.token),
     )

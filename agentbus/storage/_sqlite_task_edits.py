@@ -27,6 +27,7 @@ from ._canonical import (
     parse_json,
 )
 from ._errors import NotFoundError, PermissionDeniedError
+from ._fence import Fence
 from ._models import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
@@ -92,14 +93,15 @@ class TaskEdits(Scoped):
         status: TaskStatus | None = None, priority: Priority | None = None,
         assignee: str | None = None, project: str | None = None,
         tags: Sequence[str] | None = None, due_at: datetime | None = None,
-        metadata: Mapping[str, Any] | None = None, fence: tuple[str, int] | None = None,
+        metadata: Mapping[str, Any] | None = None, fence: Fence | tuple[str, int] | None = None,
     ) -> Task:  # fmt: skip
         """Change the given fields (None: unchanged; ``assignee=UNASSIGNED`` clears it).
 
         ``metadata`` is merged (keys set to None are removed). Status changes stamp
         ``started_at``/``completed_at``; asking for ``pending`` while a dependency is open gives
-        ``blocked``; finishing or reopening a task settles its dependents. ``fence=(name,
-        token)`` is checked and recorded in the same transaction as the write.
+        ``blocked``; finishing or reopening a task settles its dependents. ``fence`` (a
+        :class:`Fence`, e.g. ``lease.fence``, or ``(name, token)`` for this agent's scope) is
+        checked and recorded in the same transaction as the write.
 
         Raises: StaleWriteError (an older token; nothing written), NotFoundError (not
         visible), PermissionDeniedError (neither owned nor assigned), ValidationError.

@@ -1,17 +1,19 @@
 """Tasks: ids and short ids, updates (metadata merged), status stamps, filters and the one
-documented order, search, dependencies (a DAG), the ready queue, hand-off history, fencing."""
+documented order, search, dependencies (a DAG), the ready queue, hand-off history, fencing
+(agent-scope and family-scope fences)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 
-from agentbus import uuid7
+from agentbus import Fence, uuid7
 from agentbus.storage._canonical import short_id
 from agentbus.storage._errors import (
     AmbiguousIdError,
@@ -792,6 +794,96 @@ async def test_a_fence_is_a_name_and_a_64_bit_token(view: View) -> None:
     assert as_list.title == "list"
     with pytest.raises(StaleWriteError):
         await me.tasks.update_task(task.id, title="older", fence=("n", 2**63 - 2))
+
+
+async def test_a_family_fence_refuses_a_stale_token_whichever_agent_saw_the_newer_one(
+    view: View,
+) -> None:
+    """Rule (every backend): a family-scope fence (``Fence(name, token, family=True)``, a
+    family-wide lock's) is kept once for the family: after agent B wrote with token 6, agent A's
+    write with token 5 is refused and changes nothing, A's token 7 is accepted, and then B's 6
+    is refused. The same name in agent scope is a fence of its own."""
+    a, b = view("a"), view("b")
+    name = f"deploy-{a.agent_id}"  # the store is shared by the module's tests
+    mine = await a.tasks.create_task("a's fenced task")
+    theirs = await b.tasks.create_task("b's fenced task")
+    assert (await b.tasks.update_task(theirs.id, title="by b", fence=Fence(name, 6, True))).title
+    with pytest.raises(StaleWriteError):
+        await a.tasks.update_task(mine.id, title="stale a", status="failed",
+                                  fence=Fence(name, 5, family=True))  # fmt: skip
+    assert await a.tasks.get_task(mine.id) == mine
+    assert [e.kind for e in await a.tasks.task_history(mine.id)] == ["created"]
+    by_a = await a.tasks.update_task(mine.id, title="by a", fence=Fence(name, 7, family=True))
+    assert by_a.title == "by a"
+    with pytest.raises(StaleWriteError):
+        await b.tasks.update_task(theirs.id, title="stale b", fence=Fence(name, 6, family=True))
+    assert (await b.tasks.get_task(theirs.id)).title == "by b"
+    # Agent scope and family scope of one name count apart.
+    assert (await a.tasks.update_task(mine.id, title="own", fence=(name, 1))).title == "own"
+    assert (await b.tasks.update_task(theirs.id, title="own", fence=Fence(name, 0))).title == "own"
+
+
+async def test_a_family_fence_is_kept_by_the_acting_agent_not_the_task(view: View) -> None:
+    """A family-scope fence is checked for the write whatever task it changes: an assignee
+    writing to another agent's task with a stale family token is refused like the owner."""
+    owner, worker = view("owner"), view("worker")
+    name = f"shift-{owner.agent_id}"
+    task = await owner.tasks.create_task("shared", assignee=worker.agent_id, visibility="family")
+    await owner.tasks.update_task(task.id, status="in_progress", fence=Fence(name, 3, True))
+    with pytest.raises(StaleWriteError):
+        await worker.tasks.update_task(task.id, status="completed", fence=Fence(name, 2, True))
+    done = await worker.tasks.update_task(task.id, status="completed", fence=Fence(name, 4, True))
+    assert done.status == "completed"
+
+
+async def test_agent_scope_fences_of_two_agents_are_independent(view: View) -> None:
+    """Rule (every backend): ``Fence(name, token)`` (family False) and the pair ``(name,
+    token)`` are one scope, the acting agent's: each agent's newest token for a name is its
+    own, so agent B's low token is accepted after agent A's high one, and each agent is held to
+    its own newest token, whichever form wrote it."""
+    a, b = view("a"), view("b")
+    mine = await a.tasks.create_task("a's task")
+    theirs = await b.tasks.create_task("b's task")
+    await a.tasks.update_task(mine.id, title="a at 50", fence=Fence("nightly", 50))
+    assert (await b.tasks.update_task(theirs.id, title="b at 2", fence=("nightly", 2))).title
+    assert (await b.tasks.update_task(theirs.id, title="b at 3", fence=Fence("nightly", 3))).title
+    with pytest.raises(StaleWriteError):
+        await a.tasks.update_task(mine.id, title="stale a", fence=("nightly", 49))
+    with pytest.raises(StaleWriteError):
+        await b.tasks.update_task(theirs.id, title="stale b", fence=Fence("nightly", 2))
+    assert (await a.tasks.get_task(mine.id)).title == "a at 50"
+    assert (await b.tasks.get_task(theirs.id)).title == "b at 3"
+
+
+async def test_bad_fence_values_are_refused(view: View) -> None:
+    """Rule (every backend): a Fence is built from a name of at most 500 characters, a token
+    from 0 to 2**63 - 1 and a boolean ``family`` (ValidationError otherwise, when it is made);
+    ``fence=`` takes a Fence or a (name, token) pair and refuses anything else — a three-item
+    tuple, a mapping, a bare token or name — writing nothing."""
+    me = view()
+    task = await me.tasks.create_task("fence values")
+    history = await me.tasks.task_history(task.id)
+
+    async def build(*args: object) -> object:
+        return Fence(*args)  # type: ignore[arg-type]
+
+    shapes = (
+        ("n", -1), ("n", 2**63), ("n", True), ("n", 1.5), ("n", "1"), ("", 1), (" ", 1), (7, 1),
+        (None, 1), ("x" * 501, 1), ("a\x00b", 1), ("n", 1, 1), ("n", 1, "yes"), ("n", 1, None),
+    )  # fmt: skip
+    assert await not_refused(ValidationError, {repr(a): partial(build, *a) for a in shapes}) == []
+    calls = {
+        repr(fence): lambda fence=fence: me.tasks.update_task(task.id, title="x", fence=fence)
+        for fence in (
+            ("n", 1, True), ["n", 1, False], {"name": "n", "token": 1}, 1, "n", ("n", None),
+            (Fence("n", 1), 2), Fence,
+        )
+    }  # fmt: skip
+    assert await not_refused(ValidationError, calls) == []
+    assert await me.tasks.get_task(task.id) == task
+    assert await me.tasks.task_history(task.id) == history
+    edge = await me.tasks.update_task(task.id, title="edge", fence=Fence("x" * 500, 2**63 - 1))
+    assert edge.title == "edge"
 
 
 async def test_fencing_names_are_independent(view: View) -> None:
