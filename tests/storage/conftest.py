@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 
 from agentbus.storage._crypto import MASTER_KEY_ENV, MasterKey
@@ -285,3 +286,16 @@ async def private_store(
             await adapter.aclose()
         if store.pg_database is not None:
             _psql(server, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def app_conn(
+    postgres_server: PostgresServer, pg_database: str, postgres_adapter: Any
+) -> AsyncIterator[Any]:
+    """A raw asyncpg connection as the app role to the module's (migrated) database: what the
+    row-level-security tests run their SQL on."""
+    conn = await asyncpg.connect(postgres_server.dsn_for("agentbus_app", pg_database))
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -86,20 +86,6 @@ def adapter_for(server: PostgresServer, database: str, **options: Any) -> PgAdap
     )
 
 
-@pytest.fixture
-async def app_conn(
-    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter
-) -> AsyncIterator[asyncpg.Connection[Any]]:
-    """A raw connection as the app role to the module's (migrated) database."""
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(
-        postgres_server.dsn_for("agentbus_app", pg_database)
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 @asynccontextmanager
 async def acting_as(conn: Any, agent: str | None) -> AsyncIterator[Any]:
     """A transaction on a raw app connection, with ``app.agent_id`` set locally (or not)."""

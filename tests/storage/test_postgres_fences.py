@@ -7,17 +7,15 @@ The behaviour both backends share is in the contract suite (test_contract_tasks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import pytest
 
 from agentbus import Fence
 from agentbus._keys import FAMILY
 from agentbus.storage import StaleWriteError
 from agentbus.storage._postgres import PgAdapter
-from agentbus.testing import PostgresServer
 
 from .test_postgres_adapter import acting_as, refused
 
@@ -25,20 +23,6 @@ pytestmark = pytest.mark.anyio
 
 DENIED = "InsufficientPrivilegeError"  # what a WITH CHECK policy raises
 KEPT = "CheckViolationError"  # what migration 0009's trigger raises
-
-
-@pytest.fixture
-async def app_conn(
-    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter
-) -> AsyncIterator[asyncpg.Connection[Any]]:
-    """A raw connection as the app role to the module's (migrated) database."""
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(
-        postgres_server.dsn_for("agentbus_app", pg_database)
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def fence_token(conn: Any, agent: str | None, scope: str, name: str) -> int | None:

@@ -40,20 +40,6 @@ KNOWLEDGE_TABLES = (
 )  # fmt: skip
 
 
-@pytest.fixture
-async def app_conn(
-    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter
-) -> AsyncIterator[asyncpg.Connection[Any]]:
-    """A raw connection as the app role to the module's (migrated) database."""
-    conn: asyncpg.Connection[Any] = await asyncpg.connect(
-        postgres_server.dsn_for("agentbus_app", pg_database)
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def counts(conn: Any, agent: str | None, collection_id: str) -> dict[str, int]:
     """Rows of one collection in every knowledge table, as seen by ``agent`` on ``conn``."""
     found = {}
