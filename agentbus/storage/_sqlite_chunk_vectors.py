@@ -5,7 +5,10 @@ The caller passes the collections the agent may read (computed in SQL, in its re
 transaction); only their blocks are scored, so the top ``k`` are computed over permitted chunks
 alone and ``k`` hits come back whenever ``k`` permitted chunks are embedded. Each collection's
 vectors are one contiguous normalised float32 matrix: a search over ten permitted collections
-is ten matrix-vector products, no gather and no mask over the other collections.
+is ten matrix-vector products, no gather and no mask over the other collections. A set of
+permitted collections searched again (an agent's grants change rarely) is scored as one matrix:
+the blocks stacked once and kept (a few sets, bounded in rows) until any chunk changes — one
+product instead of one per collection, each with numpy's fixed cost.
 
 Freshness works like the memory item cache (``_sqlite_vectors``): ``PRAGMA data_version`` on the
 cache's own connection plus this adapter's commit counter tell when anything was committed;
@@ -27,6 +30,8 @@ from ._sqlite_vectors import Matrix, normalise
 
 PRUNED_KEY = "knowledge_vector_changes_pruned_through"
 _COLUMNS = "chunk_key, collection_id, document_id, chunk_index, embedding"
+_STACKS = 8  # permitted sets kept stacked
+_STACK_MAX_ROWS = 25_000  # larger sets are scored block by block (no second copy of them)
 
 
 def chunk_ref(document_id: str, chunk_index: int) -> str:
@@ -82,6 +87,9 @@ class ChunkVectorCache(ChangeLogCache):
     ) -> None:
         super().__init__(connect, dim, commits)
         self._blocks: dict[str, _Block] = {}
+        # permitted collection ids -> their blocks stacked: (vectors, refs, keys); emptied
+        # whenever a chunk is added or removed
+        self._stacks: dict[tuple[str, ...], tuple[Matrix, list[str], list[int]]] = {}
 
     def search(
         self, query: Matrix, k: int, collection_ids: Sequence[str]
@@ -91,34 +99,63 @@ class ChunkVectorCache(ChangeLogCache):
         q = normalise(np.asarray(query, np.float32))
         with self._lock:
             self.refresh(self._connection())
-            blocks = [
-                block
+            permitted = tuple(
+                collection_id
                 for collection_id in dict.fromkeys(collection_ids)
                 if (block := self._blocks.get(collection_id)) is not None and block.n
-            ]
-            if not blocks:
+            )
+            if not permitted:
                 return []
-            all_scores = np.concatenate([block.vectors[: block.n] @ q for block in blocks])
+            blocks = [self._blocks[collection_id] for collection_id in permitted]
+            stacked = sum(block.n for block in blocks) <= _STACK_MAX_ROWS
+            if stacked:
+                vectors, refs, keys = self._stacked(permitted, blocks)
+                all_scores = vectors @ q
+            else:  # a large set: one product per block, no second copy of its rows
+                all_scores = np.concatenate([block.vectors[: block.n] @ q for block in blocks])
             if len(all_scores) > k:
                 # Keep every row tied with the k-th score, so ties break by ref, not position.
                 kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
                 chosen: npt.NDArray[Any] = np.flatnonzero(all_scores >= kth)
             else:
                 chosen = np.arange(len(all_scores))
-            # Map each chosen row back to its block (only the chosen rows, never all of them).
-            starts = np.cumsum([0] + [block.n for block in blocks[:-1]])
-            owners = np.searchsorted(starts, chosen, side="right") - 1
-            ranked = []
-            for row, owner in zip(chosen.tolist(), owners.tolist(), strict=True):
-                block, local = blocks[owner], row - int(starts[owner])
-                ranked.append((-float(all_scores[row]), block.refs[local], block.keys[local]))
-            ranked.sort()
+            negated = (-all_scores[chosen]).tolist()
+            if stacked:
+                found = [(refs[row], keys[row]) for row in chosen.tolist()]
+            else:  # map each chosen row back to its block (only the chosen rows)
+                starts = np.cumsum([0] + [block.n for block in blocks[:-1]])
+                owners = np.searchsorted(starts, chosen, side="right") - 1
+                found = []
+                for row, owner in zip(chosen.tolist(), owners.tolist(), strict=True):
+                    block, local = blocks[owner], row - int(starts[owner])
+                    found.append((block.refs[local], block.keys[local]))
+            ranked = sorted(
+                (score, ref, key) for score, (ref, key) in zip(negated, found, strict=True)
+            )
         return [(ref, key, -negative) for negative, ref, key in ranked[:k]]
+
+    def _stacked(
+        self, permitted: tuple[str, ...], blocks: list[_Block]
+    ) -> tuple[Matrix, list[str], list[int]]:
+        """The permitted blocks' rows as one matrix, kept for the next search of the set."""
+        found = self._stacks.get(permitted)
+        if found is None:
+            found = (
+                np.concatenate([block.vectors[: block.n] for block in blocks]),
+                [ref for block in blocks for ref in block.refs],
+                [key for block in blocks for key in block.keys],
+            )
+            if len(self._stacks) >= _STACKS:
+                del self._stacks[next(iter(self._stacks))]  # the oldest set
+            self._stacks[permitted] = found
+        return found
 
     def _reset(self) -> None:
         self._blocks = {}
+        self._stacks = {}
 
     def _forget(self, key: int) -> None:
+        self._stacks = {}
         collection_id = self._where.pop(key)
         block = self._blocks[collection_id]
         block.remove(key)
@@ -129,6 +166,7 @@ class ChunkVectorCache(ChangeLogCache):
         rows = [row for row in rows if len(row[4]) == 4 * self._dim]  # another dim: skip
         if not rows:
             return
+        self._stacks = {}
         rows.sort(key=lambda row: row[1])
         vectors = normalise(
             np.frombuffer(b"".join(row[4] for row in rows), np.float32).reshape(-1, self._dim)

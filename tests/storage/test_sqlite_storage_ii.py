@@ -274,6 +274,39 @@ async def test_chunk_cache_follows_another_adapter(db_path: Path, key: MasterKey
         assert cache.incremental_loads >= 2
 
 
+async def test_a_stacked_permitted_set_follows_changes(db_path: Path, key: MasterKey) -> None:
+    """A set of permitted collections searched again is scored from one stacked matrix; a chunk
+    added to or removed from one of them (by another adapter), or a new grant, is seen by the
+    next search all the same."""
+    async with (
+        SQLiteAdapter(db_path, embedding_dim=DIM, master_key=key) as first,
+        SQLiteAdapter(db_path, embedding_dim=DIM, master_key=key) as second,
+    ):
+        owner, reader = second.for_agent("owner"), first.for_agent("reader")
+        a = await owner.knowledge.create_collection("a")
+        b = await owner.knowledge.create_collection("b")
+        in_a = await owner.knowledge.ingest_document(a.id, "a1", "in a", embeddings=[vec(1)])
+        in_b = await owner.knowledge.ingest_document(b.id, "b1", "in b", embeddings=[vec(2)])
+        for collection in (a, b):
+            await owner.knowledge.grant(collection.id, "reader", "read")
+        cache = first._db.chunk_vectors
+        for _ in range(2):
+            hits = await reader.knowledge.search("", embedding=vec(2), mode="vector")
+            assert [h.document_id for h in hits] == [in_b.id, in_a.id]
+        assert len(cache._stacks) == 1
+        added = await owner.knowledge.ingest_document(b.id, "b2", "new in b", embeddings=[vec(3)])
+        hits = await reader.knowledge.search("", embedding=vec(3), mode="vector", limit=1)
+        assert [h.document_id for h in hits] == [added.id]
+        await owner.knowledge.delete_document(added.id)
+        hits = await reader.knowledge.search("", embedding=vec(3), mode="vector")
+        assert {h.document_id for h in hits} == {in_a.id, in_b.id}
+        c = await owner.knowledge.create_collection("c")
+        in_c = await owner.knowledge.ingest_document(c.id, "c1", "in c", embeddings=[vec(4)])
+        await owner.knowledge.grant(c.id, "reader", "read")
+        hits = await reader.knowledge.search("", embedding=vec(4), mode="vector", limit=1)
+        assert [h.document_id for h in hits] == [in_c.id]
+
+
 async def test_deleting_a_collection_cleans_every_table(
     adapter: SQLiteAdapter, db_path: Path
 ) -> None:
