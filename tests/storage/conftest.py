@@ -16,7 +16,6 @@ import inspect
 import pkgutil
 import re
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 from agentbus.storage._crypto import MASTER_KEY_ENV, MasterKey
 from agentbus.testing import PostgresServer
 
+from ._databases import create_app_database, drop_database
 from ._support import EMBEDDING_DIM
 
 BACKENDS = ["sqlite", "postgres"]
@@ -61,41 +61,17 @@ def adapter_class(name: str) -> Any:
     pytest.fail(f"{name} is not importable: {'; '.join(problems)}", pytrace=False)
 
 
-def _psql(server: PostgresServer, database: str, *statements: str) -> None:
-    """Run each statement on its own (CREATE DATABASE cannot run in a transaction block)."""
-    args = [str(server.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-    args += ["-d", server.dsn_for("postgres", database)]
-    for statement in statements:
-        args += ["-c", statement]
-    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
-    if result.returncode != 0:
-        raise AssertionError(f"psql as postgres on {database} failed: {result.stderr.strip()}")
-
-
 @pytest.fixture(scope="module")
 def pg_database(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for this module, laid out like ``postgres_roles.sql`` lays out
     ``agentbus``: owned by agentbus_owner, pgvector installed by the superuser, the app role may
     connect and use schema public (tables and grants come from the adapter's migrations)."""
     module = request.module.__name__.rsplit(".", 1)[-1]
-    name = f"ab_{re.sub(r'[^a-z0-9]+', '_', module.lower())[:40]}_{secrets.token_hex(4)}"
-    _psql(
-        postgres_server,
-        "postgres",
-        f"CREATE DATABASE {name} OWNER agentbus_owner",
-        f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
-        f"GRANT CONNECT ON DATABASE {name} TO agentbus_app",
-    )
-    _psql(
-        postgres_server,
-        name,
-        "CREATE EXTENSION vector",
-        "ALTER SCHEMA public OWNER TO agentbus_owner",
-        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
-        "GRANT USAGE ON SCHEMA public TO agentbus_app",
+    name = create_app_database(
+        postgres_server, f"ab_{re.sub(r'[^a-z0-9]+', '_', module.lower())[:40]}"
     )
     yield name
-    _psql(postgres_server, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(postgres_server, name)
 
 
 def make_pg_adapter(server: PostgresServer, database: str) -> Any:
@@ -252,20 +228,7 @@ async def private_store(
         )
     else:
         server: PostgresServer = request.getfixturevalue("postgres_server")
-        name = f"ab_private_{secrets.token_hex(5)}"
-        _psql(
-            server, "postgres",
-            f"CREATE DATABASE {name} OWNER agentbus_owner",
-            f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
-            f"GRANT CONNECT ON DATABASE {name} TO agentbus_app",
-        )  # fmt: skip
-        _psql(
-            server, name,
-            "CREATE EXTENSION vector",
-            "ALTER SCHEMA public OWNER TO agentbus_owner",
-            "REVOKE ALL ON SCHEMA public FROM PUBLIC",
-            "GRANT USAGE ON SCHEMA public TO agentbus_app",
-        )  # fmt: skip
+        name = create_app_database(server, "ab_private")
         cls = adapter_class("PgAdapter")
         store = PrivateStore(
             backend,
@@ -285,7 +248,7 @@ async def private_store(
         for adapter in reversed(store.opened):
             await adapter.aclose()
         if store.pg_database is not None:
-            _psql(server, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            drop_database(server, name)
 
 
 @pytest.fixture

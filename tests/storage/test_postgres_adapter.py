@@ -9,8 +9,6 @@ test needs a pristine one.
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +33,7 @@ from agentbus.storage._pg_migrations import load_migrations
 from agentbus.storage._postgres import PgAdapter, init_connection
 from agentbus.testing import PostgresServer
 
+from ._databases import create_app_database, psql
 from ._support import EMBEDDING_DIM, as_list, unit
 
 pytestmark = pytest.mark.anyio
@@ -46,35 +45,9 @@ TABLES = (
 )
 
 
-def psql(server: PostgresServer, database: str, *statements: str) -> str:
-    """Run statements as the superuser (each on its own); the unaligned tuples-only output."""
-    args = [str(server.bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
-    args += ["-d", server.dsn_for("postgres", database)]
-    for statement in statements:
-        args += ["-c", statement]
-    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
-    if result.returncode != 0:
-        raise AssertionError(f"psql on {database} failed: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
 def create_database(server: PostgresServer) -> str:
     """A new database laid out like ``postgres_roles.sql`` lays out ``agentbus``."""
-    name = f"ab_pg_{secrets.token_hex(5)}"
-    psql(
-        server, "postgres",
-        f"CREATE DATABASE {name} OWNER agentbus_owner",
-        f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
-        f"GRANT CONNECT ON DATABASE {name} TO agentbus_app",
-    )  # fmt: skip
-    psql(
-        server, name,
-        "CREATE EXTENSION vector",
-        "ALTER SCHEMA public OWNER TO agentbus_owner",
-        "REVOKE ALL ON SCHEMA public FROM PUBLIC",
-        "GRANT USAGE ON SCHEMA public TO agentbus_app",
-    )  # fmt: skip
-    return name
+    return create_app_database(server, "ab_pg")
 
 
 def adapter_for(server: PostgresServer, database: str, **options: Any) -> PgAdapter:
