@@ -24,12 +24,18 @@ from pgvector import Vector
 
 from ._canonical import check_choice, check_text
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, MEMORY_TYPES, RRF_K, VISIBILITIES, SearchHit, SearchMode
+from ._models import (
+    MAX_TEXT_CHARS,
+    MEMORY_TYPES,
+    RRF_K,
+    SEARCH_MODES,
+    VISIBILITIES,
+    SearchHit,
+    SearchMode,
+)
 from ._pg_core import Scope
 from ._pg_rows import ITEM_COLUMNS, item as item_row
 from ._rules import check_limit
-
-SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
 # $1 query (NULL: no keyword branch), $2 embedding (NULL: no vector branch), $3 limit,
 # $4 memory_type, $5 visibility, $6 own_only, $7 exact-path bound (NULL: automatic),

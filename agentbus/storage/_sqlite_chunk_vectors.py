@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ._sqlite_change_cache import ChangeLog, ChangeLogCache
-from ._sqlite_vectors import Matrix, normalise
+from ._sqlite_vectors import Matrix, normalise, top_rows
 
 PRUNED_KEY = "knowledge_vector_changes_pruned_through"
 _COLUMNS = "chunk_key, collection_id, document_id, chunk_index, embedding"
@@ -113,12 +112,7 @@ class ChunkVectorCache(ChangeLogCache):
                 all_scores = vectors @ q
             else:  # a large set: one product per block, no second copy of its rows
                 all_scores = np.concatenate([block.vectors[: block.n] @ q for block in blocks])
-            if len(all_scores) > k:
-                # Keep every row tied with the k-th score, so ties break by ref, not position.
-                kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
-                chosen: npt.NDArray[Any] = np.flatnonzero(all_scores >= kth)
-            else:
-                chosen = np.arange(len(all_scores))
+            chosen = top_rows(all_scores, k)  # ties with the k-th kept: broken by ref below
             negated = (-all_scores[chosen]).tolist()
             if stacked:
                 found = [(refs[row], keys[row]) for row in chosen.tolist()]

@@ -21,14 +21,13 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ._canonical import check_choice, check_text, check_vector
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, SEARCH_MODES, KnowledgeHit, SearchMode
+from ._models import KnowledgeHit, SearchMode
 from ._protocol import Vector
-from ._rules import check_limit, check_ref, fuse_rrf
+from ._rules import check_ref, fuse_rrf
 from ._sqlite_chunk_vectors import chunk_ref
 from ._sqlite_knowledge_acl import PERMITTED_SQL, AccessOps
-from ._sqlite_search import branch_size, fts_query
+from ._sqlite_search import branch_size, search_branches
 
 Ranked = list[tuple[str, int, float]]  # (chunk ref, chunk key, score), best first
 
@@ -52,16 +51,8 @@ class KnowledgeSearchOps(AccessOps):
         Raises: ValidationError (mode ``vector`` without an embedding, bad arguments),
         DimensionMismatchError.
         """
-        check_text("query", query, max_chars=MAX_TEXT_CHARS, allow_empty=True)
-        check_limit(limit)
-        check_choice("mode", mode, SEARCH_MODES)
+        keyword, vector = search_branches(query, embedding, limit, mode, self._db.embedding_dim)
         only = check_collection_ids(collection_ids)
-        vector = None if embedding is None else check_vector(embedding, self._db.embedding_dim)
-        if mode == "vector" and vector is None:
-            raise ValidationError('mode="vector" needs an embedding')
-        keyword = None if mode == "vector" else fts_query(query)
-        if mode == "keyword":
-            vector = None
         if only == []:
             return []
         # The grant check, as a predicate on a collection id column (``{0}``); named parameters.

@@ -22,6 +22,7 @@ from ._errors import ValidationError
 from ._models import (
     MAX_TEXT_CHARS,
     MEMORY_TYPES,
+    SEARCH_MODES,
     VISIBILITIES,
     MemoryItem,
     MemoryType,
@@ -33,9 +34,9 @@ from ._protocol import Vector
 from ._rules import check_limit, fuse_rrf
 from ._sqlite_codec import ITEM_COLUMNS, item_from_row, placeholders, visible_sql
 from ._sqlite_db import Scoped
+from ._sqlite_vectors import Matrix
 
 _WORD = re.compile(r"[^\W_]+")
-SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "keyword", "vector")
 
 
 def fts_query(text: str) -> str | None:
@@ -44,6 +45,26 @@ def fts_query(text: str) -> str | None:
     if not words:
         return None
     return " AND ".join(f'"{word}"' for word in words)
+
+
+def search_branches(
+    query: str, embedding: Vector | None, limit: int, mode: SearchMode, dim: int
+) -> tuple[str | None, Matrix | None]:
+    """The checked arguments of a memory or knowledge search, as what each branch runs with:
+    the FTS5 query (None: no keyword branch, or no words) and the query vector (None: no vector
+    branch). Without an embedding, hybrid is keyword only.
+
+    Raises: ValidationError (bad query, limit or mode; ``mode="vector"`` without an
+    embedding), DimensionMismatchError.
+    """
+    check_text("query", query, max_chars=MAX_TEXT_CHARS, allow_empty=True)
+    check_limit(limit)
+    check_choice("mode", mode, SEARCH_MODES)
+    vector = None if embedding is None else check_vector(embedding, dim)
+    if mode == "vector" and vector is None:
+        raise ValidationError('mode="vector" needs an embedding')
+    keyword = None if mode == "vector" else fts_query(query)
+    return keyword, (None if mode == "keyword" else vector)
 
 
 def branch_size(limit: int) -> int:
@@ -63,20 +84,12 @@ class SearchOps(Scoped):
         Raises: ValidationError (mode ``vector`` without an embedding, unknown filter values),
         DimensionMismatchError.
         """
-        check_text("query", query, max_chars=MAX_TEXT_CHARS, allow_empty=True)
-        check_limit(limit)
-        check_choice("mode", mode, SEARCH_MODES)
+        keyword, vector = search_branches(query, embedding, limit, mode, self._db.embedding_dim)
         filters = _Filters(
             None if memory_type is None else check_choice("memory_type", memory_type, MEMORY_TYPES),
             None if visibility is None else check_choice("visibility", visibility, VISIBILITIES),
             bool(own_only),
         )
-        vector = None if embedding is None else check_vector(embedding, self._db.embedding_dim)
-        if mode == "vector" and vector is None:
-            raise ValidationError('mode="vector" needs an embedding')
-        keyword = None if mode == "vector" else fts_query(query)
-        if mode == "keyword":
-            vector = None
         probe = self._db.probe() if vector is not None else None
         if mode == "vector" and probe is not None and vector is not None:
             found = self._db.vectors.search_now(

@@ -307,12 +307,16 @@ def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str
         return []
     all_scores = np.concatenate(scores) if len(scores) > 1 else scores[0]
     all_ids = [item for part in ids for item in part] if len(ids) > 1 else ids[0]
-    if len(all_scores) > k:
-        # Keep every row tied with the k-th score, so ties are broken by id, not by position.
-        kth = np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
-        chosen: list[int] = np.flatnonzero(all_scores >= kth).tolist()
-    else:
-        chosen = list(range(len(all_scores)))
+    chosen = top_rows(all_scores, k)
     negated = (-all_scores[chosen]).tolist()  # (-score, id) tuples sort best first, ties by id
-    ranked = sorted(zip(negated, [all_ids[i] for i in chosen], strict=True))[:k]
+    ranked = sorted(zip(negated, [all_ids[i] for i in chosen.tolist()], strict=True))[:k]
     return [(item_id, -negative) for negative, item_id in ranked]
+
+
+def top_rows(scores: Matrix, k: int) -> npt.NDArray[np.intp]:
+    """The rows scoring at least the ``k``-th best score, in no order: the top ``k`` plus every
+    row tied with the ``k``-th, so the caller breaks ties by name, not by position."""
+    if len(scores) <= k:
+        return np.arange(len(scores))
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    return np.flatnonzero(scores >= kth)
