@@ -190,10 +190,6 @@ class VectorCache(ChangeLogCache):
         finally:
             self._lock.release()
 
-    def item(self, item_id: str) -> MemoryItem | None:
-        """The cached item (embedded items only); call after :meth:`search`, under no lock."""
-        return self._items.get(item_id)
-
     def _rank(
         self, agent_id: str, teams: list[str], query: Matrix, k: int, memory_type: str | None,
         visibility: str | None, own_only: bool,

@@ -135,9 +135,12 @@ async def test_a_busy_cache_sends_the_search_to_the_thread_path(adapter: SQLiteA
     item = await memory.create_item("busy", embedding=vec(4))
     await memory.search_items("", embedding=vec(4), mode="vector")
     cache = cache_of(adapter)
+    probe = adapter._db.probe()
+    assert probe is not None
+    assert cache.search_now("fast", vec(4), 1, probe=probe) is not None  # fresh, not busy
     assert cache._lock.acquire()
     try:
-        assert cache.search_now("fast", vec(4), 1, probe=adapter._db.probe() or 0) is None
+        assert cache.search_now("fast", vec(4), 1, probe=probe) is None  # busy: never waits
     finally:
         cache._lock.release()
     hits = await memory.search_items("", embedding=vec(4), mode="vector")
