@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import platform
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -255,3 +256,27 @@ def _cores() -> str:
     import os
 
     return f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable)"
+
+
+_KEYWORD_WORD = re.compile(r"[A-Za-z]{4,}")
+_STOP_WORDS = frozenset((
+    "about", "above", "after", "again", "against", "also", "been", "before", "being", "below",
+    "between", "both", "could", "does", "doing", "down", "during", "each", "from", "further",
+    "have", "having", "here", "into", "itself", "just", "more", "most", "once", "only", "other",
+    "ought", "over", "same", "should", "some", "such", "than", "that", "their", "theirs", "them",
+    "then", "there", "these", "they", "this", "those", "through", "under", "until", "very",
+    "were", "what", "when", "where", "which", "while", "will", "with", "would", "your", "yours",
+))  # fmt: skip
+
+
+def keyword_query(text: str) -> str:
+    """A two-word keyword query from a text: its first two words of 4+ letters that are not
+    English stop words (every term must match, so a sentence would match nothing)."""
+    words: list[str] = []
+    for word in _KEYWORD_WORD.findall(text):
+        word = word.lower()
+        if word not in _STOP_WORDS and word not in words:
+            words.append(word)
+        if len(words) == 2:
+            break
+    return " ".join(words) or text.split()[0]

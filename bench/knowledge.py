@@ -57,7 +57,6 @@ import argparse
 import gc
 import inspect
 import random
-import re
 import sqlite3
 import statistics
 import tempfile
@@ -77,6 +76,7 @@ from _storage import (
     DIM,
     Corpus,
     create_database,
+    keyword_query,
     load_corpus,
     server_facts,
     start_postgres,
@@ -102,26 +102,6 @@ READERS = {"spread": range(5, 100, 10), "largest": range(0, 100, 10)}  # size ra
 QUERIES = {False: 25, True: 5}  # per half (near permitted / near forbidden); key: quick
 KEYS = {False: 2000, True: 200}  # service keys per run; key: quick
 MODES = ("vector", "hybrid")
-_WORD = re.compile(r"[A-Za-z]{4,}")
-_STOP = frozenset((
-    "about", "above", "after", "again", "against", "also", "been", "before", "being", "below",
-    "between", "both", "could", "does", "doing", "down", "during", "each", "from", "further",
-    "have", "having", "here", "into", "itself", "just", "more", "most", "once", "only", "other",
-    "over", "same", "should", "some", "such", "than", "that", "their", "them", "then", "there",
-    "these", "they", "this", "those", "through", "under", "until", "very", "were", "what",
-    "when", "where", "which", "while", "will", "with", "would", "your",
-))  # fmt: skip
-
-
-def keyword_query(text: str) -> str:
-    words: list[str] = []
-    for word in _WORD.findall(text):
-        word = word.lower()
-        if word not in _STOP and word not in words:
-            words.append(word)
-        if len(words) == 2:
-            break
-    return " ".join(words) or text.split()[0]
 
 
 # ===== the plan ==================================================================================

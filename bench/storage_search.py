@@ -46,7 +46,6 @@ import argparse
 import gc
 import inspect
 import random
-import re
 import statistics
 import tempfile
 import time
@@ -64,6 +63,7 @@ from _storage import (
     Corpus,
     K,
     create_database,
+    keyword_query,
     langgraph_bulk_load,
     langgraph_namespace,
     langgraph_store,
@@ -82,15 +82,6 @@ FULL = {"small": (20, 100, 25, 2), "medium": (300, 3001, 10, 5), "large": (0, 0,
 QUICK = {"small": (20, 100, 5, 2), "medium": (300, 3001, 2, 5), "large": (0, 0, 1, 10)}
 QUICK_LARGE_ROWS = 3000  # --quick stores a slice of the largest agent
 RECALL_TARGET = 0.95
-_WORD = re.compile(r"[A-Za-z]{4,}")
-_STOP = frozenset((
-    "about", "above", "after", "again", "against", "also", "been", "before", "being", "below",
-    "between", "both", "could", "does", "doing", "down", "during", "each", "from", "further",
-    "have", "having", "here", "into", "itself", "just", "more", "most", "once", "only", "other",
-    "ought", "over", "same", "should", "some", "such", "than", "that", "their", "theirs", "them",
-    "then", "there", "these", "they", "this", "those", "through", "under", "until", "very",
-    "were", "what", "when", "where", "which", "while", "will", "with", "would", "your", "yours",
-))  # fmt: skip
 
 
 @dataclass
@@ -107,17 +98,6 @@ class Plan:
     queries: list[Query]
     load: list[int]  # corpus rows to store
     agents: dict[str, list[str]]  # class -> agents
-
-
-def keyword_query(text: str) -> str:
-    words: list[str] = []
-    for word in _WORD.findall(text):
-        word = word.lower()
-        if word not in _STOP and word not in words:
-            words.append(word)
-        if len(words) == 2:
-            break
-    return " ".join(words) or text.split()[0]
 
 
 def spread(agents: list[tuple[int, str]], count: int) -> list[str]:
