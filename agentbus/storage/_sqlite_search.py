@@ -16,6 +16,7 @@ import sqlite3
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from ._canonical import check_choice, check_text, check_vector
 from ._errors import ValidationError
@@ -84,23 +85,13 @@ class SearchOps(Scoped):
         Raises: ValidationError (mode ``vector`` without an embedding, unknown filter values),
         DimensionMismatchError.
         """
+        filters = _Filters.checked(memory_type, visibility, own_only)
+        if mode == "vector" and embedding is not None:
+            hits = self._vector_now(query, embedding, limit, filters)
+            if hits is not None:  # answered from the fresh cache, without the worker thread
+                return hits
         keyword, vector = search_branches(query, embedding, limit, mode, self._db.embedding_dim)
-        filters = _Filters(
-            None if memory_type is None else check_choice("memory_type", memory_type, MEMORY_TYPES),
-            None if visibility is None else check_choice("visibility", visibility, VISIBILITIES),
-            bool(own_only),
-        )
         probe = self._db.probe() if vector is not None else None
-        if mode == "vector" and probe is not None and vector is not None:
-            found = self._db.vectors.search_now(
-                self._agent, vector, limit, probe=probe, memory_type=filters.memory_type,
-                visibility=filters.visibility, own_only=filters.own_only,
-            )  # fmt: skip
-            if found is not None:  # answered from the fresh cache, without the worker thread
-                return [
-                    SearchHit(item=own_copy(item), score=score, keyword_rank=None, vector_rank=r)
-                    for r, (item, score) in enumerate(found, 1)
-                ]
 
         def run(conn: sqlite3.Connection) -> list[SearchHit]:
             size = limit if mode != "hybrid" else branch_size(limit)
@@ -128,6 +119,36 @@ class SearchOps(Scoped):
             ]
 
         return await self._db.read(run)
+
+    def _vector_now(
+        self, query: str, embedding: Vector, limit: int, filters: _Filters
+    ) -> list[SearchHit] | None:
+        """A vector search answered on the event loop from the in-process cache when it is
+        fresh (None: take the thread path). The same checks as :func:`search_branches`, but a
+        float32 array's values are left to the cache, which refuses a NaN or infinity (None), so
+        that the thread path raises for it."""
+        check_text("query", query, max_chars=MAX_TEXT_CHARS, allow_empty=True)
+        check_limit(limit)
+        dim = self._db.embedding_dim
+        if isinstance(embedding, np.ndarray) and embedding.dtype == np.float32:
+            vector: Matrix = embedding
+            if vector.shape != (dim,):
+                vector = check_vector(embedding, dim)  # raises, naming expected and got
+        else:
+            vector = check_vector(embedding, dim)
+        probe = self._db.probe()
+        if probe is None:
+            return None
+        found = self._db.vectors.search_now(
+            self._agent, vector, limit, probe=probe, memory_type=filters.memory_type,
+            visibility=filters.visibility, own_only=filters.own_only,
+        )  # fmt: skip
+        if found is None:
+            return None
+        return [
+            SearchHit(item=own_copy(item), score=score, keyword_rank=None, vector_rank=rank)
+            for rank, (item, score) in enumerate(found, 1)
+        ]
 
     def _keyword(
         self, conn: sqlite3.Connection, match: str | None, size: int, filters: _Filters
@@ -176,6 +197,15 @@ class _Filters:
         self.memory_type = memory_type
         self.visibility = visibility
         self.own_only = own_only
+
+    @classmethod
+    def checked(cls, memory_type: object, visibility: object, own_only: object) -> _Filters:
+        """Raises: ValidationError (an unknown memory type or visibility)."""
+        return cls(
+            None if memory_type is None else check_choice("memory_type", memory_type, MEMORY_TYPES),
+            None if visibility is None else check_choice("visibility", visibility, VISIBILITIES),
+            bool(own_only),
+        )
 
     def sql(self, agent_id: str) -> tuple[str, list[Any]]:
         where, params = "", []

@@ -31,6 +31,7 @@ None and the caller takes the thread path.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -161,14 +162,22 @@ class VectorCache(ChangeLogCache):
             if teams is None:
                 teams = [row[0] for row in conn.execute(_MEMBER_TEAMS, (agent_id,))]
                 self._teams[agent_id] = teams
-            return self._rank(agent_id, teams, query, k, memory_type, visibility, own_only)
+            scaled = with_norm(query)
+            assert scaled is not None, "the caller checked the query's values"
+            q, norm = scaled
+            return self._rank(agent_id, teams, q, norm, k, memory_type, visibility, own_only)
 
     def search_now(
         self, agent_id: str, query: Matrix, k: int, *, probe: int, memory_type: str | None = None,
         visibility: str | None = None, own_only: bool = False,
     ) -> list[tuple[MemoryItem, float]] | None:  # fmt: skip
         """:meth:`search` answered from memory on the calling thread (the event loop), with the
-        items themselves; None when the cache may be stale or is busy: use :meth:`search`."""
+        items themselves; None when the cache may be stale or is busy: use :meth:`search`.
+
+        ``query`` must be a float32 array of the store's dimension; its values are not checked
+        here: a NaN or infinity makes its square non-finite, and then this returns None too (the
+        thread path checks the arguments in full and raises).
+        """
         if not self._lock.acquire(blocking=False):
             return None  # a worker thread is refreshing or searching
         try:
@@ -183,7 +192,11 @@ class VectorCache(ChangeLogCache):
                 if visibility != "private" and self._shared.n and not own_only:
                     return None  # membership matters and was not read since the last change
                 teams = []  # no shared row can be in play: membership does not matter
-            ranked = self._rank(agent_id, teams, query, k, memory_type, visibility, own_only)
+            scaled = with_norm(query)
+            if scaled is None:
+                return None
+            q, norm = scaled
+            ranked = self._rank(agent_id, teams, q, norm, k, memory_type, visibility, own_only)
             items = self._items
             self.served_now += 1
             return [(items[item_id], score) for item_id, score in ranked]
@@ -191,21 +204,30 @@ class VectorCache(ChangeLogCache):
             self._lock.release()
 
     def _rank(
-        self, agent_id: str, teams: list[str], query: Matrix, k: int, memory_type: str | None,
-        visibility: str | None, own_only: bool,
+        self, agent_id: str, teams: list[str], q: Matrix, norm: float, k: int,
+        memory_type: str | None, visibility: str | None, own_only: bool,
     ) -> list[tuple[str, float]]:  # fmt: skip
         # Rank with the raw query and divide the k scores by its norm afterwards: the order is
         # the same, and it spares a pass over the query on every search.
-        q = np.asarray(query, np.float32)
-        norm = float(np.sqrt(q @ q)) or 1.0  # a zero query scores 0 against everything
+        norm = norm or 1.0  # a zero query scores 0 against everything
         me = self._agent_codes.get(agent_id, -2)  # -2 matches no row
         type_code = None if memory_type is None else _TYPE[memory_type]
+        if type_code is None and (
+            visibility == "private" or (visibility is None and not self._shared.n)
+        ):
+            # Only the agent's own private rows are in play (the common case): one contiguous
+            # matrix, no mask, no concatenation — the work of a bare numpy top-k.
+            segment = self._private.get(me)
+            if segment is None:
+                return []
+            rows, values = best_rows(segment.vectors[: segment.n] @ q, k)
+            return _by_score_then_id(values, [segment.ids[row] for row in rows], k, norm)
         scores: list[Matrix] = []
         ids: list[list[str]] = []
         if visibility in (None, "private") and me in self._private:
             segment = self._private[me]
-            rows = None if type_code is None else segment.types[: segment.n] == type_code
-            self._score(segment, rows, q, scores, ids)
+            of_type = None if type_code is None else segment.types[: segment.n] == type_code
+            self._score(segment, of_type, q, scores, ids)
         if visibility != "private" and self._shared.n:
             segment, n = self._shared, self._shared.n
             mask = segment.agents[:n] == me
@@ -219,8 +241,13 @@ class VectorCache(ChangeLogCache):
             if type_code is not None:
                 mask &= segment.types[:n] == type_code
             self._score(segment, mask, q, scores, ids)
-        ranked = _top_k(scores, ids, k)  # under the lock: ``ids`` may alias live lists
-        return [(item_id, score / norm) for item_id, score in ranked]
+        if not scores:
+            return []
+        all_scores = np.concatenate(scores) if len(scores) > 1 else scores[0]
+        all_ids = [item for part in ids for item in part] if len(ids) > 1 else ids[0]
+        rows, values = best_rows(all_scores, k)
+        # under the lock: ``all_ids`` may alias a segment's live list
+        return _by_score_then_id(values, [all_ids[row] for row in rows], k, norm)
 
     @staticmethod
     def _score(segment: _Segment, mask: npt.NDArray[np.bool_] | None, q: Matrix,
@@ -298,21 +325,53 @@ _MEMBER_TEAMS = (
 )
 
 
-def _top_k(scores: list[Matrix], ids: list[list[str]], k: int) -> list[tuple[str, float]]:
-    if not scores:
-        return []
-    all_scores = np.concatenate(scores) if len(scores) > 1 else scores[0]
-    all_ids = [item for part in ids for item in part] if len(ids) > 1 else ids[0]
-    chosen = top_rows(all_scores, k)
-    negated = (-all_scores[chosen]).tolist()  # (-score, id) tuples sort best first, ties by id
-    ranked = sorted(zip(negated, [all_ids[i] for i in chosen.tolist()], strict=True))[:k]
-    return [(item_id, -negative) for negative, item_id in ranked]
+def with_norm(query: Matrix) -> tuple[Matrix, float] | None:
+    """The query to rank with and its norm; None when it holds a NaN or an infinity.
+
+    The square is summed in float64, where no float32 input overflows (so no warning, and one
+    call checks every value); a query so large that its float32 scores could overflow is scaled
+    down first, which changes no cosine.
+    """
+    q = np.asarray(query, np.float32)
+    square = float(np.matmul(q, q, dtype=np.float64))
+    if not math.isfinite(square):
+        return None
+    if square > _HUGE:
+        q = q / np.float32(math.sqrt(square))
+        square = float(np.matmul(q, q, dtype=np.float64))
+    return q, math.sqrt(square)
+
+
+_HUGE = 1e60  # a squared norm past which float32 scores (up to the norm) near their limit
+
+
+def _by_score_then_id(
+    values: list[float], ids: list[str], k: int, norm: float
+) -> list[tuple[str, float]]:
+    """The ``k`` best ``(id, score / norm)``, best first, ties by id."""
+    # (-score, id) tuples sort best first, ties by id
+    ranked = sorted(zip([-value for value in values], ids, strict=True))[:k]
+    return [(item_id, -negative / norm) for negative, item_id in ranked]
+
+
+def best_rows(scores: Matrix, k: int) -> tuple[list[int], list[float]]:
+    """The rows scoring at least the ``k``-th best score, and their scores, in no order: the top
+    ``k`` plus every row tied with the ``k``-th, so the caller breaks ties by name, not by
+    position."""
+    n = len(scores)
+    if n <= k:
+        return list(range(n)), scores.tolist()
+    # One partition finds the k+1 best: when the (k+1)-th scores below the other k, no row
+    # outside them can tie the k-th — the common case, at the cost of a bare numpy top-k.
+    rows = np.argpartition(scores, n - k - 1)[n - k - 1 :]
+    values = scores[rows].tolist()
+    kth = min(values[1:])
+    if values[0] < kth:
+        return rows[1:].tolist(), values[1:]
+    tied = np.flatnonzero(scores >= kth)
+    return tied.tolist(), scores[tied].tolist()
 
 
 def top_rows(scores: Matrix, k: int) -> npt.NDArray[np.intp]:
-    """The rows scoring at least the ``k``-th best score, in no order: the top ``k`` plus every
-    row tied with the ``k``-th, so the caller breaks ties by name, not by position."""
-    if len(scores) <= k:
-        return np.arange(len(scores))
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return np.flatnonzero(scores >= kth)
+    """:func:`best_rows`' rows as an array."""
+    return np.asarray(best_rows(scores, k)[0], np.intp)

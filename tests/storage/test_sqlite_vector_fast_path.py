@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agentbus.storage import ValidationError
 from agentbus.storage._sqlite import SQLiteAdapter
-from agentbus.storage._sqlite_vectors import VectorCache
+from agentbus.storage._sqlite_vectors import VectorCache, best_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -145,3 +146,43 @@ async def test_a_busy_cache_sends_the_search_to_the_thread_path(adapter: SQLiteA
         cache._lock.release()
     hits = await memory.search_items("", embedding=vec(4), mode="vector")
     assert [hit.item.id for hit in hits] == [item.id]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+async def test_a_float32_array_holding_nan_or_infinity_is_refused_on_the_fast_path_too(
+    adapter: SQLiteAdapter, bad: float
+) -> None:
+    """The event-loop path leaves a float32 array's values to the cache's square test; such a
+    query must still be the same ValidationError, not a ranking of NaNs."""
+    memory = adapter.for_agent("fast").memory
+    await memory.create_item("note", embedding=vec(1))
+    await memory.search_items("", embedding=vec(1), mode="vector")  # the cache is fresh now
+    query = vec(2)
+    query[3] = bad
+    with pytest.raises(ValidationError, match="NaN or infinity"):
+        await memory.search_items("", embedding=query, mode="vector")
+
+
+async def test_a_huge_but_finite_query_ranks_like_its_direction(adapter: SQLiteAdapter) -> None:
+    """A query whose square overflows float32 is scaled, not ranked by infinities (and no
+    overflow warning escapes: warnings are errors in this suite)."""
+    memory = adapter.for_agent("fast").memory
+    for seed in range(5):
+        await memory.create_item(f"note {seed}", embedding=vec(seed))
+    unit = await memory.search_items("", embedding=vec(2), mode="vector")
+    huge = await memory.search_items("", embedding=vec(2) * np.float32(1e30), mode="vector")
+    assert [hit.item.id for hit in huge] == [hit.item.id for hit in unit]
+    assert [hit.score for hit in huge] == pytest.approx([hit.score for hit in unit], abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_best_rows_keeps_every_row_tied_with_the_kth(seed: int) -> None:
+    """Against a plain sort: the top k, plus every row tied with the k-th (scores drawn from a
+    few values, so ties across the k-th are common)."""
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+    scores = rng.choice(np.linspace(-1, 1, 7), n).astype(np.float32)
+    rows, values = best_rows(scores, k)
+    kth = np.sort(scores)[::-1][min(k, n) - 1]
+    assert sorted(rows) == sorted(np.flatnonzero(scores >= kth).tolist())
+    assert values == scores[rows].tolist()
