@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._sqlite_change_cache import ChangeLog, ChangeLogCache
-from ._sqlite_vectors import Matrix, normalise, top_rows
+from ._sqlite_vectors import NOW_MAX_WORK, Matrix, normalise, top_rows
 
 PRUNED_KEY = "knowledge_vector_changes_pruned_through"
 _COLUMNS = (
@@ -49,9 +49,6 @@ _COLUMNS = (
 _STACKS = 8  # permitted sets kept stacked
 _STACK_MAX_ROWS = 25_000  # larger sets are scored block by block (no second copy of them)
 _AGENTS = 4096  # agents whose permitted collections are kept (until the next commit)
-# search_now scores at most this many vector components on the event loop (~3 ms here); a
-# larger permitted set goes through the worker thread, so the loop is never held longer.
-_NOW_MAX_WORK = 32_000_000
 
 Ranked = list[tuple[str, int, float]]  # (chunk ref, chunk key, score), best first
 Permitted = Callable[[sqlite3.Connection], Iterable[str]]  # an agent's readable collection ids
@@ -191,7 +188,7 @@ class ChunkVectorCache(ChangeLogCache):
                 return None
             scope = within(allowed, only)
             blocks = self._blocks
-            if sum(blocks[c].n for c in scope if c in blocks) * self._dim > _NOW_MAX_WORK:
+            if sum(blocks[c].n for c in scope if c in blocks) * self._dim > NOW_MAX_WORK:
                 return None  # too long for the event loop
             ranked = self._rank(normalise(np.asarray(query, np.float32)), k, scope)
             rows = self._rows

@@ -25,8 +25,9 @@ Two ways in: :meth:`VectorCache.search` refreshes first and runs in a worker thr
 transaction on the cache's connection); :meth:`VectorCache.search_now` runs on the event loop
 and answers only when nothing can have changed since the last refresh — the caller's probe (a
 ``PRAGMA data_version`` on a connection of its own, taken *before* that refresh read anything)
-is unchanged, the commit counter is unchanged, and no thread holds the cache — else it returns
-None and the caller takes the thread path.
+is unchanged, the commit counter is unchanged, no thread holds the cache, and the rows in play
+are few enough to score without holding the loop more than a few milliseconds
+(:data:`NOW_MAX_WORK`) — else it returns None and the caller takes the thread path.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ _TEAM, _FAMILY = _VIS["team"], _VIS["family"]
 _COLUMNS = f"rowid_key, embedding, {ITEM_COLUMNS}"
 # Where _COLUMNS puts what the cache indexes (the item's own columns follow the embedding).
 _KEY, _EMBEDDING, _ITEM = 0, 1, 2
+# search_now (here and in the knowledge chunk cache) scores at most this many vector components
+# on the event loop (~3 ms here); a larger search goes through the worker thread, so the loop
+# (and every other agent's messages on it) is never held longer.
+NOW_MAX_WORK = 32_000_000
 _ID, _AGENT, _TYPE_COL, _VIS_COL, _TEAM_COL = 2, 3, 5, 6, 7
 
 
@@ -187,6 +192,8 @@ class VectorCache(ChangeLogCache):
                 or self._commits() != self._commits_seen
             ):
                 return None
+            if self._rows_in_play(agent_id, visibility) * self._dim > NOW_MAX_WORK:
+                return None  # too long for the event loop
             teams = self._teams.get(agent_id)
             if teams is None:
                 if visibility != "private" and self._shared.n and not own_only:
@@ -202,6 +209,11 @@ class VectorCache(ChangeLogCache):
             return [(items[item_id], score) for item_id, score in ranked]
         finally:
             self._lock.release()
+
+    def _rows_in_play(self, agent_id: str, visibility: str | None) -> int:
+        """The most rows a search of ``agent_id``'s scores: its private rows, the shared ones."""
+        own = self._private.get(self._agent_codes.get(agent_id, -2))
+        return (own.n if own else 0) + (self._shared.n if visibility != "private" else 0)
 
     def _rank(
         self, agent_id: str, teams: list[str], q: Matrix, norm: float, k: int,

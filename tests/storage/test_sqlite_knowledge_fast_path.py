@@ -282,10 +282,10 @@ async def test_too_many_permitted_chunks_for_the_loop_take_the_thread_path(
     _, docs = await shared(adapter, range(5))
     reader = adapter.for_agent("reader").knowledge
     first = await vector_docs(reader, 3)
-    monkeypatch.setattr(chunk_vectors, "_NOW_MAX_WORK", 4 * DIM)  # 4 chunks: fewer than 5
+    monkeypatch.setattr(chunk_vectors, "NOW_MAX_WORK", 4 * DIM)  # 4 chunks: fewer than 5
     assert await vector_docs(reader, 3) == first
     assert cache_of(adapter).served_now == 0
-    monkeypatch.setattr(chunk_vectors, "_NOW_MAX_WORK", 5 * DIM)
+    monkeypatch.setattr(chunk_vectors, "NOW_MAX_WORK", 5 * DIM)
     assert await vector_docs(reader, 3) == first
     assert cache_of(adapter).served_now == 1
     assert first[0] == docs[3]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agentbus.storage import ValidationError
+from agentbus.storage import ValidationError, _sqlite_vectors as vectors
 from agentbus.storage._sqlite import SQLiteAdapter
 from agentbus.storage._sqlite_vectors import VectorCache, best_rows
 
@@ -186,3 +186,21 @@ def test_best_rows_keeps_every_row_tied_with_the_kth(seed: int) -> None:
     kth = np.sort(scores)[::-1][min(k, n) - 1]
     assert sorted(rows) == sorted(np.flatnonzero(scores >= kth).tolist())
     assert values == scores[rows].tolist()
+
+
+async def test_too_many_rows_for_the_loop_take_the_thread_path(
+    adapter: SQLiteAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring is bounded on the event loop: past the bound the same search runs in a worker
+    thread, with the same hits."""
+    memory = adapter.for_agent("fast").memory
+    for seed in range(5):
+        await memory.create_item(f"note {seed}", embedding=vec(seed))
+    first = await memory.search_items("", embedding=vec(3), mode="vector")
+    cache = cache_of(adapter)
+    monkeypatch.setattr(vectors, "NOW_MAX_WORK", 4 * DIM)  # 4 rows: fewer than 5
+    assert await memory.search_items("", embedding=vec(3), mode="vector") == first
+    assert cache.served_now == 0
+    monkeypatch.setattr(vectors, "NOW_MAX_WORK", 5 * DIM)
+    assert await memory.search_items("", embedding=vec(3), mode="vector") == first
+    assert cache.served_now == 1
