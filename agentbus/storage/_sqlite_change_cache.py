@@ -52,8 +52,10 @@ class ChangeLogCache:
         self._commits_seen = -1
         self._last_seq = 0
         self._where: dict[int, Any] = {}  # cached key -> where the subclass keeps it
+        self._probe_seen: int | None = None
         self.full_loads = 0
         self.incremental_loads = 0
+        self.served_now = 0  # searches answered on the event loop (for tests and benchmarks)
 
     # -- what a subclass provides ------------------------------------------------------------
 
@@ -68,6 +70,10 @@ class ChangeLogCache:
     def _add_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """Cache rows read with ``log.columns``."""
         raise NotImplementedError
+
+    def _committed(self) -> None:
+        """Something was committed since the last refresh: drop what any commit may change
+        beyond the cached rows (memberships, grants)."""
 
     # -- freshness -----------------------------------------------------------------------------
 
@@ -88,12 +94,30 @@ class ChangeLogCache:
             self._conn = self._connect()
         return self._conn
 
-    def refresh(self, conn: sqlite3.Connection) -> None:
-        """Catch up with commits made since the last use (by anyone). Call under ``_lock``."""
+    def refresh(self, conn: sqlite3.Connection, probe: int | None = None) -> None:
+        """Catch up with commits made since the last use (by anyone). Call under ``_lock``.
+
+        ``probe`` is the caller's ``Database.probe()``, taken *before* this call: once caught
+        up, :meth:`unchanged_since_refresh` holds for as long as the probe reads the same.
+        """
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         commits = self._commits()
-        if self._loaded and data_version == self._data_version and commits == self._commits_seen:
-            return
+        if not (
+            self._loaded and data_version == self._data_version and commits == self._commits_seen
+        ):
+            self._catch_up(conn)
+            self._data_version, self._commits_seen = data_version, commits
+            self._committed()
+        if probe is not None:
+            self._probe_seen = probe
+
+    def unchanged_since_refresh(self, probe: int) -> bool:
+        """Nothing can have been committed since the last refresh: the caller's ``probe`` reads
+        what the one given to that refresh read, and this adapter's commit counter has not
+        moved. Call under ``_lock``."""
+        return self._loaded and probe == self._probe_seen and self._commits() == self._commits_seen
+
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN")
         try:
             pruned = conn.execute(
@@ -108,7 +132,6 @@ class ChangeLogCache:
             raise
         finally:
             conn.execute("COMMIT")
-        self._data_version, self._commits_seen = data_version, commits
 
     def _full_load(self, conn: sqlite3.Connection) -> None:
         log = self.log

@@ -130,14 +130,9 @@ class ChunkVectorCache(ChangeLogCache):
         # whenever a chunk is added or removed
         self._stacks: dict[tuple[str, ...], tuple[Matrix, list[str], list[int]]] = {}
         self._permitted: dict[str, tuple[str, ...]] = {}  # agent -> ids, until the next commit
-        self._probe_seen: int | None = None
-        self.served_now = 0  # searches answered by search_now (for tests and benchmarks)
 
-    def refresh(self, conn: sqlite3.Connection) -> None:
-        before = (self._data_version, self._commits_seen)
-        super().refresh(conn)
-        if (self._data_version, self._commits_seen) != before:
-            self._permitted = {}  # any commit may have changed a grant or a collection
+    def _committed(self) -> None:
+        self._permitted = {}  # any commit may have changed a grant or a collection
 
     def search(
         self, agent_id: str, query: Matrix, k: int, *, permitted: Permitted,
@@ -154,9 +149,7 @@ class ChunkVectorCache(ChangeLogCache):
         q = normalise(np.asarray(query, np.float32))
         with self._lock:
             conn = self._connection()
-            self.refresh(conn)
-            if probe is not None:
-                self._probe_seen = probe
+            self.refresh(conn, probe)
             allowed = self._permitted.get(agent_id)
             if allowed is None:
                 allowed = tuple(sorted(set(permitted(conn))))
@@ -177,11 +170,7 @@ class ChunkVectorCache(ChangeLogCache):
         if not self._lock.acquire(blocking=False):
             return None  # a worker thread is refreshing or searching
         try:
-            if (
-                not self._loaded
-                or probe != self._probe_seen
-                or self._commits() != self._commits_seen
-            ):
+            if not self.unchanged_since_refresh(probe):
                 return None
             allowed = self._permitted.get(agent_id)
             if allowed is None:

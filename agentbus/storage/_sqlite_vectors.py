@@ -140,14 +140,9 @@ class VectorCache(ChangeLogCache):
         self._shared = _Segment(dim)
         self._items: dict[str, MemoryItem] = {}
         self._teams: dict[str, list[str]] = {}  # agent -> active teams, until the next change
-        self._probe_seen: int | None = None
-        self.served_now = 0  # searches answered by search_now (for tests and benchmarks)
 
-    def refresh(self, conn: sqlite3.Connection) -> None:
-        before = (self._data_version, self._commits_seen)
-        super().refresh(conn)
-        if (self._data_version, self._commits_seen) != before:
-            self._teams = {}  # any commit may have changed a membership
+    def _committed(self) -> None:
+        self._teams = {}  # any commit may have changed a membership
 
     def search(
         self, agent_id: str, query: Matrix, k: int, *, memory_type: str | None = None,
@@ -160,9 +155,7 @@ class VectorCache(ChangeLogCache):
         """
         with self._lock:
             conn = self._connection()
-            self.refresh(conn)
-            if probe is not None:
-                self._probe_seen = probe
+            self.refresh(conn, probe)
             teams = self._teams.get(agent_id)
             if teams is None:
                 teams = [row[0] for row in conn.execute(_MEMBER_TEAMS, (agent_id,))]
@@ -186,11 +179,7 @@ class VectorCache(ChangeLogCache):
         if not self._lock.acquire(blocking=False):
             return None  # a worker thread is refreshing or searching
         try:
-            if (
-                not self._loaded
-                or probe != self._probe_seen
-                or self._commits() != self._commits_seen
-            ):
+            if not self.unchanged_since_refresh(probe):
                 return None
             if self._rows_in_play(agent_id, visibility) * self._dim > NOW_MAX_WORK:
                 return None  # too long for the event loop
