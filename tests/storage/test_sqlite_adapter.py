@@ -23,14 +23,15 @@ from agentbus.storage._sqlite import SQLiteAdapter
 from agentbus.storage._sqlite_db import migrations
 from agentbus.storage._sqlite_search import fts_query
 
+from ._support import as_list, unit
+
 pytestmark = pytest.mark.anyio
 
 DIM = 8
 
 
 def vec(seed: int) -> list[float]:
-    values = np.random.default_rng(seed).standard_normal(DIM)
-    return [float(v) for v in values / np.linalg.norm(values)]
+    return as_list(unit(seed, DIM))
 
 
 @pytest.fixture

@@ -20,14 +20,15 @@ from agentbus.storage._sqlite_chunk_vectors import ChunkVectorCache
 from agentbus.storage._sqlite_knowledge import SQLiteKnowledgeStore
 from agentbus.storage._sqlite_knowledge_search import in_ids
 
+from ._support import as_list, unit
+
 pytestmark = pytest.mark.anyio
 
 DIM = 8
 
 
 def vec(seed: int) -> list[float]:
-    values = np.random.default_rng(seed).standard_normal(DIM)
-    return [float(v) for v in values / np.linalg.norm(values)]
+    return as_list(unit(seed, DIM))
 
 
 @pytest.fixture

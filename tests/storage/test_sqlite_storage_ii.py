@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agentbus import Config, ConfigError, SQLiteConfig, StorageConfig
@@ -22,6 +21,8 @@ from agentbus.storage._sqlite import SQLiteAdapter
 from agentbus.storage._sqlite_codec import ts
 from agentbus.storage._sqlite_db import migrations, split_statements
 
+from ._support import as_list, unit
+
 pytestmark = pytest.mark.anyio
 
 DIM = 8
@@ -29,8 +30,7 @@ SECRET = "sk-live-PLAINTEXT-0123456789abcdef"
 
 
 def vec(seed: int) -> list[float]:
-    values = np.random.default_rng(seed).standard_normal(DIM)
-    return [float(v) for v in values / np.linalg.norm(values)]
+    return as_list(unit(seed, DIM))
 
 
 @pytest.fixture

@@ -15,14 +15,15 @@ from agentbus.storage import ValidationError, _sqlite_vectors as vectors
 from agentbus.storage._sqlite import SQLiteAdapter
 from agentbus.storage._sqlite_vectors import VectorCache, best_rows
 
+from ._support import unit
+
 pytestmark = pytest.mark.anyio
 
 DIM = 8
 
 
 def vec(seed: int) -> np.ndarray:
-    values = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return values / np.linalg.norm(values)
+    return unit(seed, DIM)
 
 
 @pytest.fixture
