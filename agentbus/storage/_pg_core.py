@@ -227,6 +227,22 @@ class PgCore:
                     await conn.execute(_SET_AGENT_AND_LOCK_TIMEOUT, agent_id or "", timeout)
                 yield conn
 
+    @asynccontextmanager
+    async def connection(self, action: str) -> AsyncIterator[Conn]:
+        """A pooled connection outside a transaction and with no agent id (which sees no agent
+        rows): for one statement that sets ``app.agent_id`` itself with ``set_config(…, true)``,
+        which lasts until that statement's own transaction ends. It saves the BEGIN, set_config
+        and COMMIT round trips of :meth:`transaction` (knowledge search, migration 0010).
+
+        Raises: StorageUnavailableError when the adapter is not open or PostgreSQL is down.
+        """
+        pool = self._pool
+        if pool is None or not self._checked:
+            raise StorageUnavailableError("the PgAdapter is not open: await adapter.open() first")
+        with map_pg_errors(action):
+            async with pool.acquire() as conn:
+                yield conn
+
 
 class Scope:
     """One agent's handle on the shared core: what every store method starts from."""

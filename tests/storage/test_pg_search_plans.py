@@ -1,4 +1,4 @@
-"""Memory search plans and the HNSW path's ef_search (migrations 0003 and 0008).
+"""Memory and knowledge search plans and the HNSW path's ef_search (migrations 0003, 0008, 0010).
 
 asyncpg caches the search statement per connection and PL/pgSQL caches the plans inside the
 search function; after five executions PostgreSQL may switch to a generic plan made while some
@@ -74,6 +74,31 @@ async def test_keyword_queries_plan_every_call_and_the_search_function_caches_pl
     assert "plan_cache_mode=force_custom_plan" in config["agentbus_items_keyword_hits"]
     assert "plan_cache_mode=force_custom_plan" in config["agentbus_search_tasks"]
     assert "plan_cache_mode=force_generic_plan" in config["agentbus_search_items"]
+
+
+async def test_knowledge_search_caches_plans_and_plans_its_keyword_branch_per_call(
+    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter
+) -> None:
+    """Knowledge search (migration 0010) keeps generic plans — for a reader with few chunks the
+    exact path's statement was otherwise planned again on every call — while its keyword
+    branch is planned for each call, for the permitted set at hand; both run as the owner with
+    a pinned search_path."""
+    conn = await asyncpg.connect(postgres_server.dsn_for("agentbus_owner", pg_database))
+    try:
+        rows = await conn.fetch(
+            "SELECT proname, proconfig, prosecdef FROM pg_proc WHERE proname IN"
+            " ('agentbus_search_knowledge', 'agentbus_knowledge_keyword_hits')"
+        )
+    finally:
+        await conn.close()
+    config = {row["proname"]: row["proconfig"] for row in rows}
+    definer = {row["proname"]: row["prosecdef"] for row in rows}
+    assert len(config) == 2
+    assert "plan_cache_mode=force_generic_plan" in config["agentbus_search_knowledge"]
+    assert "plan_cache_mode=force_custom_plan" in config["agentbus_knowledge_keyword_hits"]
+    assert definer == {"agentbus_search_knowledge": True, "agentbus_knowledge_keyword_hits": False}
+    for settings in config.values():
+        assert "search_path=pg_catalog, public, pg_temp" in settings
 
 
 async def test_ef_search_follows_the_visible_fraction(

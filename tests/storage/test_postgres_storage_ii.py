@@ -117,6 +117,74 @@ async def test_raw_sql_hides_an_ungranted_collection_and_refuses_self_grants(
     assert not any((await counts(app_conn, b.agent_id, c.id)).values())
 
 
+# agent, query, embedding (text), limit, collection ids (NULL: every readable one)
+RAW_SEARCH = (
+    "SELECT collection_id, content FROM agentbus_search_knowledge($1, $2, $3::text::vector, 10, $4)"
+)
+
+
+async def raw_search(
+    conn: Any, agent: str | None, argument: Any, query: str | None, embedding: str | None,
+    among: list[str] | None = None,
+) -> list[Any]:  # fmt: skip
+    """agentbus_search_knowledge as the app role in a transaction acting as ``agent``, with
+    ``argument`` as the function's agent argument."""
+    async with acting_as(conn, agent):
+        return list(await conn.fetch(RAW_SEARCH, argument, query, embedding, among))
+
+
+async def test_raw_sql_search_answers_only_the_transaction_s_agent_and_its_grants(
+    postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any
+) -> None:
+    """agentbus_search_knowledge on a raw app-role connection returns no chunk when no agent id
+    is set (whatever its agent argument says), when its agent argument names another agent than
+    the transaction's, or — even named in its collection list — from a collection the agent may
+    not read; a grant makes the chunks found, and a revoke removes them from the next statement.
+    The agent id it sets for PgAdapter's one-statement call does not outlive that statement."""
+    a_id, b_id = new_agent("a"), new_agent("b")
+    a = postgres_adapter.for_agent(a_id).knowledge
+    term = "zq" + "".join(chr(ord("a") + int(c, 16)) for c in secrets.token_hex(4))
+    c = await a.create_collection("raw search")
+    await a.ingest_document(c.id, "doc", f"the {term} harbor", embeddings=[as_list(unit(5))])
+    embedding = "[" + ",".join(str(v) for v in unit(5)) + "]"
+    for query, vector in ((term, None), (None, embedding), (term, embedding)):
+        assert len(await raw_search(app_conn, a_id, a_id, query, vector)) == 1  # the owner
+        for agent, argument in ((None, a_id), (None, None), (b_id, a_id), (a_id, b_id)):
+            assert await raw_search(app_conn, agent, argument, query, vector) == []
+        assert await raw_search(app_conn, b_id, b_id, query, vector, [c.id]) == []
+    await a.grant(c.id, b_id, "read")
+    found = await raw_search(app_conn, b_id, b_id, term, embedding, [c.id])
+    assert [(row["collection_id"], row["content"]) for row in found] == [
+        (c.id, f"the {term} harbor")
+    ]
+    await a.revoke(c.id, b_id)
+    assert await raw_search(app_conn, b_id, b_id, term, embedding) == []
+
+    row = await app_conn.fetchrow(
+        "SELECT count(*) AS n FROM agentbus_search_knowledge("
+        " set_config('app.agent_id', $1, true), $2, NULL, 10)",
+        a_id, term,
+    )  # fmt: skip
+    assert row["n"] == 1
+    assert await app_conn.fetchval("SELECT current_setting('app.agent_id', true)") in ("", None)
+
+
+async def test_the_search_helpers_are_the_owner_s_alone(app_conn: Any) -> None:
+    """The app role may call agentbus_search_knowledge only: the branches it runs as the owner
+    (keyword hits, HNSW scan) take a list of permitted collections, so they are not executable
+    by the app role; the functions 0010 replaced are gone."""
+    calls = {
+        "keyword": "SELECT * FROM agentbus_knowledge_keyword_hits('x'::tsquery, 10, '{}')",
+        "hnsw": "SELECT * FROM agentbus_nearest_chunks_hnsw(NULL, 10, '{}', 40)",
+    }
+    for name, sql in calls.items():
+        assert await refused(app_conn, "someone", sql) == DENIED, name
+    for gone in ("agentbus_search_knowledge_keyword", "agentbus_search_knowledge_vector"):
+        assert await app_conn.fetchval(
+            "SELECT count(*) FROM pg_proc WHERE proname = $1", gone
+        ) == 0  # fmt: skip
+
+
 async def test_raw_sql_keeps_owners_and_grantees_to_the_rules(
     postgres_adapter: PgAdapter, new_agent: Callable[..., str], app_conn: Any
 ) -> None:
@@ -344,8 +412,9 @@ async def test_explain_as_the_app_role_shows_the_chunk_gin_and_hnsw_indexes(
 ) -> None:
     """With auto_explain on for the app role (nested statements, plans as NOTICEs), B's keyword
     search of the chunks uses their GIN index and B's vector search (1,400 permitted chunks) the
-    HNSW index, both restricted to the permitted collections inside the query, and B's search of
-    its observations their GIN index — while the same keyword predicate written against the
+    HNSW index (or, asked for the exact path, no HNSW index), each restricted to the permitted
+    collections inside the query, and the hits' rows are read by primary key; B's search of its
+    observations uses their GIN index — while the same keyword predicate written against the
     chunks under RLS cannot use the GIN index."""
     store, database = chunk_store, chunk_store.database
     for setting in ("session_preload_libraries = 'auto_explain'",
@@ -360,17 +429,16 @@ async def test_explain_as_the_app_role_shows_the_chunk_gin_and_hnsw_indexes(
     )
     plans: list[str] = []
     conn.add_log_listener(lambda _conn, message: plans.append(message.message))
+    search = "SELECT * FROM agentbus_search_knowledge($1, $2, $3::text::vector, 10, NULL, $4)"
     try:
         async with acting_as(conn, store.reader):
-            found = await conn.fetch(
-                "SELECT * FROM agentbus_search_knowledge_keyword('zeppelin', 10)"
-            )
+            found = await conn.fetch(search, store.reader, "zeppelin", None, None)
             keyword_plans, plans[:] = "\n".join(plans), []
             query = "[" + ",".join(str(v) for v in store.vectors[store.forbidden_text]) + "]"
-            nearest = await conn.fetch(
-                "SELECT * FROM agentbus_search_knowledge_vector($1::text::vector, 10)", query
-            )
+            nearest = await conn.fetch(search, store.reader, None, query, None)
             vector_plans, plans[:] = "\n".join(plans), []
+            exact = await conn.fetch(search, store.reader, None, query, 1_000_000)
+            exact_plans, plans[:] = "\n".join(plans), []
             observed = await conn.fetch(
                 "SELECT * FROM agentbus_search_observations('zeppelin', 10)"
             )
@@ -383,11 +451,22 @@ async def test_explain_as_the_app_role_shows_the_chunk_gin_and_hnsw_indexes(
         await conn.close()
         psql(store.server, database, f"ALTER ROLE agentbus_app IN DATABASE {database} RESET ALL")
     print("\n--- keyword ---\n" + keyword_plans + "\n--- vector ---\n" + vector_plans)
+    print("\n--- exact ---\n" + exact_plans)
     assert len(found) == 6  # 'zeppelin' is in 8 chunks, 6 of them permitted
+    assert {row["collection_id"] for row in found} <= store.permitted
+    assert all("zeppelin" in row["content"] for row in found)
     assert "Bitmap Index Scan on knowledge_chunks_fts_idx" in keyword_plans, keyword_plans
     assert "collection_id = ANY" in keyword_plans
     assert len(nearest) == 10
     assert "Index Scan using knowledge_chunks_embedding_hnsw" in vector_plans, vector_plans
+    assert len(exact) == 10
+    assert "knowledge_chunks_embedding_hnsw" not in exact_plans, exact_plans
+    for plan in (keyword_plans, vector_plans, exact_plans):
+        assert "Index Scan using knowledge_chunks_pkey" in plan, plan
+        assert "Index Scan using knowledge_documents_" in plan, plan  # pkey or (id, collection)
+        assert "Seq Scan on knowledge_documents" not in plan, plan
+    for plan in (keyword_plans, vector_plans):
+        assert "Seq Scan on knowledge_chunks" not in plan, plan
     assert "knowledge_chunks_fts_idx" not in "\n".join(row[0] for row in direct)
     assert len(observed) == 6
     assert "Bitmap Index Scan on observations_fts_idx" in observation_plans, observation_plans
