@@ -2,6 +2,7 @@
 the same search with no grant checks; service-key encryption throughput.
 
     python bench/knowledge.py [--runs 5] [--quick] [--show-baseline]
+                              [--backend {both,sqlite,postgres}] [--order {shuffled,rotating}]
 
 Store (identical on both backends): one *private* collection per agent for the corpus's 100
 largest agents (``_storage.load_corpus``: an agent's repeated texts dropped), each unique row a
@@ -20,10 +21,13 @@ so half the queries have their nearest neighbours in collections the reader may 
 ``vector`` = the held-out row's embedding; ``hybrid`` = the first two words of 4+ letters that
 are not stop words, plus the embedding (RRF). k = 10.
 
-Contenders, taking turns query by query (order rotating, queries shuffled per run):
-- ``app``: ``adapter.for_agent(reader).knowledge.search(...)``. PostgreSQL: the app role, so
-  row-level security applies and the readable collections are computed in the query from the
-  grants; SQLite: the adapter (grant subquery in the same read transaction).
+Contenders, taking turns query by query (queries shuffled per run; the contenders' order
+shuffled again for every query and mode, seeded — see "Order" below):
+- ``app``: ``adapter.for_agent(reader).knowledge.search(...)``. PostgreSQL: the app role (under
+  row-level security), one statement that sets the agent id and calls the search function
+  (migration 0010), which computes the readable collections from the grants in the query that
+  ranks and returns the hits' rows; SQLite: the adapter (grant subquery in the same read
+  transaction).
 - ``owner``: the same search given the reader's permitted collection ids, with no grant lookup
   and no RLS (see ``--show-baseline``). PostgreSQL: the owner role (BYPASSRLS) on an asyncpg
   pool, one statement: top k by ``embedding <=> q`` among ``collection_id = ANY(ids)`` in a
@@ -36,11 +40,21 @@ Contenders, taking turns query by query (order rotating, queries shuffled per ru
   check), for hybrid also the FTS5 query with ``collection_id IN (ids)`` (40 candidates a
   branch, like the adapter), ``fuse_rrf``, then one SQL read of the hits' chunk text and
   document title by chunk key. Both baselines get the embedding as a list, like the adapter.
-- informational, PostgreSQL: ``owner+tx``, the owner baseline inside the adapter's per-call
-  transaction (acquire, BEGIN, ``set_config('app.agent_id')``, the statement, COMMIT): the
-  cost of those round trips; ``app exact``, a second ``PgAdapter`` (app role) with
-  ``vector_exact_max=10**9``, so that vector search always takes the exact path: the app's cost
-  when it picks the same path as the owner's planner.
+- informational, PostgreSQL: ``owner+tx``, the owner baseline inside a per-call transaction
+  (acquire, BEGIN, ``set_config('app.agent_id')``, the statement, COMMIT), as the adapter ran
+  its search before migration 0010 made it one statement: the cost of those round trips;
+  ``app exact``, a second ``PgAdapter`` (app role) with ``vector_exact_max=10**9``, so that
+  vector search always takes the exact path: the app's cost when it picks the same path as the
+  owner's planner.
+Order: a contender that runs right after another one's search of the same query finds its
+index pages and rows in the CPU caches — measured on PostgreSQL, the owner's search of the
+largest reader: 2.1 ms right after the app's search of the same query, 2.7 ms after a search of
+another query. The earlier fixed rotation (``--order rotating``: app, owner, owner+tx, app
+exact, then SQLite's two) handed that to whoever followed another contender on the same query:
+the owner followed ``pg app`` in 5 of 6 turns, while ``pg app`` followed SQLite's numpy scan;
+``pg app exact`` — for the spread reader the same code path as ``pg app`` — then measured 1.01 x
+the owner where ``pg app`` measured 1.31 x (5 runs). Shuffled, each contender follows each
+other one equally often, on average.
 Checks on every call: rows returned (k expected), hits outside the permitted collections (0
 expected), vector recall@10 against numpy exact search over the reader's permitted chunks (a hit
 counts when its exact similarity reaches the 10th best). Targets: always k rows, recall@10 >=
@@ -49,6 +63,9 @@ median of per-run p50 ratios.
 
 Service keys: ``put`` (seal + store) and ``get`` (read + unseal) of distinct names, one after
 the other, per backend, with the bare ``seal``/``unseal`` rate for reference.
+
+``--backend sqlite`` / ``--backend postgres`` measure one backend alone: the other is neither
+started nor loaded, and its contenders and service-key rows are left out (default ``both``).
 """
 
 from __future__ import annotations
@@ -63,6 +80,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +120,7 @@ READERS = {"spread": range(5, 100, 10), "largest": range(0, 100, 10)}  # size ra
 QUERIES = {False: 25, True: 5}  # per half (near permitted / near forbidden); key: quick
 KEYS = {False: 2000, True: 200}  # service keys per run; key: quick
 MODES = ("vector", "hybrid")
+BACKENDS = {"both": ("pg", "sqlite"), "postgres": ("pg",), "sqlite": ("sqlite",)}  # --backend
 
 
 # ===== the plan ==================================================================================
@@ -253,8 +272,8 @@ async def pg_owner_search(
     agent: str | None = None,
 ) -> list[tuple[str, float]]:  # fmt: skip
     """(document id, score) best first: the owner role, no grant lookup, no RLS. With ``agent``
-    (the ``owner+tx`` decomposition only): inside a transaction that first runs the adapter's
-    ``set_config('app.agent_id', ...)``, i.e. the adapter's round trips without its ACL."""
+    (the ``owner+tx`` decomposition only): inside a transaction that first runs
+    ``set_config('app.agent_id', ...)``, i.e. the round trips of a per-call transaction."""
     q = np.asarray(embedding, dtype=np.float32)
     async with pool.acquire() as conn:
         if agent is None:
@@ -371,6 +390,21 @@ def _lite_owner_search(
 
 # ===== measuring =================================================================================
 
+
+@dataclass
+class PgSide:
+    adapter: PgAdapter
+    exact: PgAdapter  # app role, vector search always exact (``app exact``)
+    pool: asyncpg.Pool  # owner role (the baseline)
+
+
+@dataclass
+class LiteSide:
+    adapter: SQLiteAdapter
+    path: str
+    bases: dict[str, LiteBaseline] = field(default_factory=dict)
+
+
 Call = Callable[[Query, str], Awaitable[list[tuple[str, float]]]]
 
 
@@ -383,11 +417,9 @@ class Checks:
     recalls: list[float] = field(default_factory=list)
 
 
-def contenders(
-    loaded: Loaded, pg: PgAdapter, pg_exact: PgAdapter, pool: asyncpg.Pool,
-    lite: SQLiteAdapter, bases: dict[str, LiteBaseline],
-) -> dict[str, Call]:  # fmt: skip
-    """``backend role`` -> call(query, mode) returning (document id, score), best first."""
+def contenders(loaded: Loaded, pg: PgSide | None, lite: LiteSide | None) -> dict[str, Call]:
+    """``backend role`` -> call(query, mode) returning (document id, score), best first; only
+    the contenders of the backends being measured."""
     vectors = loaded.corpus.vectors
 
     def app(adapter: Any) -> Call:
@@ -402,7 +434,7 @@ def contenders(
 
         return call
 
-    def pg_owner(in_tx: bool) -> Call:
+    def pg_owner(pool: asyncpg.Pool, in_tx: bool) -> Call:
         async def call(q: Query, mode: str) -> list[tuple[str, float]]:
             words = q.words if mode == "hybrid" else None
             ids, embedding = loaded.permitted_ids[q.reader], vectors[q.row].tolist()
@@ -410,15 +442,24 @@ def contenders(
 
         return call
 
-    async def lite_owner(q: Query, mode: str) -> list[tuple[str, float]]:
-        words = q.words if mode == "hybrid" else None
-        return await anyio.to_thread.run_sync(
-            lite_owner_search, bases[q.reader], vectors[q.row].tolist(), words
-        )
+    def lite_owner(bases: dict[str, LiteBaseline]) -> Call:
+        async def call(q: Query, mode: str) -> list[tuple[str, float]]:
+            words = q.words if mode == "hybrid" else None
+            return await anyio.to_thread.run_sync(
+                lite_owner_search, bases[q.reader], vectors[q.row].tolist(), words
+            )
 
-    return {"pg app": app(pg), "pg owner": pg_owner(False), "pg owner+tx": pg_owner(True),
-            "pg app exact": app(pg_exact), "sqlite app": app(lite),
-            "sqlite owner": lite_owner}  # fmt: skip
+        return call
+
+    calls: dict[str, Call] = {}
+    if pg is not None:
+        calls["pg app"] = app(pg.adapter)
+        calls["pg owner"] = pg_owner(pg.pool, False)
+        calls["pg owner+tx"] = pg_owner(pg.pool, True)
+        calls["pg app exact"] = app(pg.exact)
+    if lite is not None:
+        calls |= {"sqlite app": app(lite.adapter), "sqlite owner": lite_owner(lite.bases)}
+    return calls
 
 
 def check(loaded: Loaded, q: Query, mode: str, found: list[tuple[str, float]], c: Checks) -> None:
@@ -443,7 +484,7 @@ Key = tuple[str, str, str]  # (reader, mode, contender)
 
 
 async def measure(
-    loaded: Loaded, calls: dict[str, Call], runs: int
+    loaded: Loaded, calls: dict[str, Call], runs: int, rotate: bool = False
 ) -> tuple[dict[Key, list[list[float]]], dict[Key, Checks]]:
     names = list(calls)
     keys = [(r, m, n) for r in READERS for m in MODES for n in names]
@@ -457,19 +498,23 @@ async def measure(
         for key in keys:
             times[key].append([])
         order = loaded.plan.queries[:]
-        random.Random(run).shuffle(order)
+        rng = random.Random(run)
+        rng.shuffle(order)
         gc.collect()
         for turn, q in enumerate(order):
             shift = (run + turn) % len(names)
             for mode in MODES:
-                for name in names[shift:] + names[:shift]:
+                # Shuffled for every query and mode: a contender running right after another
+                # one's search of the same query finds its pages warm (see the docstring).
+                turns = names[shift:] + names[:shift] if rotate else rng.sample(names, len(names))
+                for name in turns:
                     started = time.perf_counter()
                     found = await calls[name](q, mode)
                     times[(q.reader, mode, name)][-1].append(time.perf_counter() - started)
                     check(loaded, q, mode, found, checks[(q.reader, mode, name)])
         p50 = {
             f"{r} {m} {n}": statistics.median(times[(r, m, n)][-1]) * 1000
-            for r in READERS for m in MODES for n in ("pg app", "sqlite app")
+            for r in READERS for m in MODES for n in ("pg app", "sqlite app") if n in calls
         }  # fmt: skip
         shown = "  ".join(f"{k} {v:.2f}" for k, v in p50.items())
         print(f"run {run + 1}: app p50 ms  {shown}", flush=True)
@@ -519,10 +564,10 @@ def bare_crypto(n: int) -> tuple[float, float]:
 
 
 def report(
-    times: dict[Key, list[list[float]]], checks: dict[Key, Checks], loaded: Loaded
+    times: dict[Key, list[list[float]]], checks: dict[Key, Checks], backends: tuple[str, ...]
 ) -> list[str]:
     lines = ["targets (app role; ratio = median over runs of p50(app) / p50(owner)):"]
-    for backend in ("pg", "sqlite"):
+    for backend in backends:
         for reader in READERS:
             for mode in MODES:
                 app, owner = (reader, mode, f"{backend} app"), (reader, mode, f"{backend} owner")
@@ -542,7 +587,7 @@ def report(
                         for a, o in zip(times[app], times[tx], strict=True)
                     ]
                     lines.append(f"{'  app/owner+tx':<28} {median_or_nan(split):5.2f}"
-                                 "  (without the per-call transaction; informational)")  # fmt: skip
+                                 "  (owner in a per-call transaction; informational)")  # fmt: skip
                     exact = (reader, mode, "pg app exact")
                     split = [
                         statistics.median(a) / statistics.median(o)
@@ -598,74 +643,81 @@ def describe(loaded: Loaded) -> list[str]:
 # ===== main ======================================================================================
 
 
-async def bench(corpus: Corpus, plan: Plan, runs: int, quick: bool) -> list[str]:
+async def open_pg(stack: AsyncExitStack, master: MasterKey) -> tuple[PgSide, str, str]:
+    """The PostgreSQL contenders on a private cluster; (side, server facts, owner DSN)."""
     server = await start_postgres()
-    try:
-        with tempfile.TemporaryDirectory(prefix="agentbus-bench-") as tmp:
-            print(storage_header("knowledge search with grants", await server_facts(server), tmp))
-            await create_database(server, "bench_knowledge")
-            master = MasterKey.generate()
-            pg = PgAdapter(
-                server.dsn_for("agentbus_app", "bench_knowledge"),
-                admin_dsn=server.dsn_for("agentbus_owner", "bench_knowledge"),
-                embedding_dim=DIM, master_key=master,
-            )  # fmt: skip
+    stack.callback(server.close)
+    facts = await server_facts(server)
+    await create_database(server, "bench_knowledge")
+    app_dsn = server.dsn_for("agentbus_app", "bench_knowledge")
+    owner_dsn = server.dsn_for("agentbus_owner", "bench_knowledge")
+    pg = PgAdapter(app_dsn, admin_dsn=owner_dsn, embedding_dim=DIM, master_key=master)
+    exact = PgAdapter(app_dsn, embedding_dim=DIM, max_connections=4, vector_exact_max=10**9)
+    for adapter in (pg, exact):
+        await adapter.open()
+        stack.push_async_callback(adapter.aclose)
+    pool = await asyncpg.create_pool(
+        owner_dsn, min_size=2, max_size=4, init=register_vector,
+        server_settings={"jit": "off", "hnsw.iterative_scan": "relaxed_order",
+                         "hnsw.ef_search": "100"},
+    )  # fmt: skip
+    stack.push_async_callback(pool.close)
+    return PgSide(pg, exact, pool), facts, owner_dsn
+
+
+async def bench(
+    corpus: Corpus, plan: Plan, runs: int, quick: bool, backends: tuple[str, ...],
+    rotate: bool,
+) -> list[str]:  # fmt: skip
+    master = MasterKey.generate()
+    async with AsyncExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentbus-bench-"))
+        pg: PgSide | None = None
+        lite: LiteSide | None = None
+        facts, owner_dsn = "not measured (--backend sqlite)", ""
+        if "pg" in backends:
+            pg, facts, owner_dsn = await open_pg(stack, master)
+        print(storage_header("knowledge search with grants", facts, tmp))
+        loaded = Loaded(corpus, plan)
+        if "sqlite" in backends:
             path = str(Path(tmp) / "agentbus.db")
-            lite = SQLiteAdapter(path, embedding_dim=DIM, master_key=master)
-            pg_exact = PgAdapter(
-                server.dsn_for("agentbus_app", "bench_knowledge"), embedding_dim=DIM,
-                max_connections=4, vector_exact_max=10**9,
-            )  # fmt: skip
-            await pg.open()
-            await pg_exact.open()
-            await lite.open()
-            owner_dsn = server.dsn_for("agentbus_owner", "bench_knowledge")
-            pool = await asyncpg.create_pool(
-                owner_dsn, min_size=2, max_size=4, init=register_vector,
-                server_settings={"jit": "off", "hnsw.iterative_scan": "relaxed_order",
-                                 "hnsw.ef_search": "100"},
-            )  # fmt: skip
+            lite = LiteSide(SQLiteAdapter(path, embedding_dim=DIM, master_key=master), path)
+            await lite.adapter.open()
+            stack.push_async_callback(lite.adapter.aclose)
+            docs, spent = await ingest(lite.adapter, loaded, 1)
+            print(f"load       SQLite ingest_document: {docs:,} in {spent:.1f} s = "
+                  f"{docs / spent:,.0f} documents/s", flush=True)  # fmt: skip
+        if pg is not None:
+            docs, spent = await ingest(pg.adapter, loaded, PG_WORKERS)
+            print(
+                f"load       PostgreSQL ingest_document ({PG_WORKERS} tasks, app role): "
+                f"{docs:,} in {spent:.1f} s = {docs / spent:,.0f} documents/s",
+                flush=True,
+            )
+            conn = await asyncpg.connect(owner_dsn)
             try:
-                loaded = Loaded(corpus, plan)
-                docs, spent = await ingest(lite, loaded, 1)
-                print(f"load       SQLite ingest_document: {docs:,} in {spent:.1f} s = "
-                      f"{docs / spent:,.0f} documents/s", flush=True)  # fmt: skip
-                docs, spent = await ingest(pg, loaded, PG_WORKERS)
-                print(
-                    f"load       PostgreSQL ingest_document ({PG_WORKERS} tasks, app role): "
-                    f"{docs:,} in {spent:.1f} s = {docs / spent:,.0f} documents/s",
-                    flush=True,
-                )
-                conn = await asyncpg.connect(owner_dsn)
-                try:
-                    await conn.execute("ANALYZE")
-                finally:
-                    await conn.close()
-                prepare_truth(loaded)
-                for line in describe(loaded):
-                    print(line)
-                print(f"runs       {runs}, contenders taking turns query by query\n", flush=True)
-                bases = {r: lite_prepare(path, loaded.permitted_ids[r]) for r in READERS}
-                calls = contenders(loaded, pg, pg_exact, pool, lite, bases)
-                times, checks = await measure(loaded, calls, runs)
-                lines = report(times, checks, loaded)
-                n = KEYS[quick]
-                lines += ["", f"service keys ({n:,} distinct names a run, median over {runs} runs)"]
-                for name, adapter in (("sqlite", lite), ("pg", pg)):
-                    put, get = await service_keys(adapter, n, runs)
-                    lines.append(f"{name:<7} put (seal + store) {put:8,.0f}/s   "
-                                 f"get (read + unseal) {get:8,.0f}/s")  # fmt: skip
-                sealing, unsealing = bare_crypto(n * 5)
-                lines.append(f"bare    seal {sealing:8,.0f}/s   unseal {unsealing:8,.0f}/s")
-                for base in bases.values():
-                    base.conn.close()
+                await conn.execute("ANALYZE")
             finally:
-                await pool.close()
-                await pg_exact.aclose()
-                await pg.aclose()
-                await lite.aclose()
-    finally:
-        server.close()
+                await conn.close()
+        prepare_truth(loaded)
+        for line in describe(loaded):
+            print(line)
+        print(f"runs       {runs}, contenders taking turns query by query\n", flush=True)
+        if lite is not None:
+            lite.bases = {r: lite_prepare(lite.path, loaded.permitted_ids[r]) for r in READERS}
+            for base in lite.bases.values():
+                stack.callback(base.conn.close)
+        times, checks = await measure(loaded, contenders(loaded, pg, lite), runs, rotate)
+        lines = report(times, checks, backends)
+        n = KEYS[quick]
+        lines += ["", f"service keys ({n:,} distinct names a run, median over {runs} runs)"]
+        for name, side in (("sqlite", lite), ("pg", pg)):
+            if side is not None:
+                put, get = await service_keys(side.adapter, n, runs)
+                lines.append(f"{name:<7} put (seal + store) {put:8,.0f}/s   "
+                             f"get (read + unseal) {get:8,.0f}/s")  # fmt: skip
+        sealing, unsealing = bare_crypto(n * 5)
+        lines.append(f"bare    seal {sealing:8,.0f}/s   unseal {unsealing:8,.0f}/s")
     return lines
 
 
@@ -676,6 +728,14 @@ def main() -> None:
         "--quick", action="store_true", help="smoke run: 300 rows a collection, 1 run"
     )
     parser.add_argument("--show-baseline", action="store_true", help="print the baselines, exit")
+    parser.add_argument(
+        "--backend", choices=sorted(BACKENDS), default="both",
+        help="measure one backend alone (the other is neither loaded nor started)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--order", choices=["shuffled", "rotating"], default="shuffled",
+        help="contenders' order on each query: shuffled (default) or the earlier fixed rotation",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.show_baseline:
         print("-- PostgreSQL, owner role, vector:" + PG_VECTOR)
@@ -686,7 +746,10 @@ def main() -> None:
     runs = 1 if args.quick else args.runs
     corpus = load_corpus()
     plan = make_plan(corpus, args.quick)
-    lines = anyio.run(bench, corpus, plan, runs, args.quick, backend="asyncio")
+    lines = anyio.run(
+        bench, corpus, plan, runs, args.quick, BACKENDS[args.backend], args.order == "rotating",
+        backend="asyncio",
+    )  # fmt: skip
     print()
     for line in lines:
         print(line)
