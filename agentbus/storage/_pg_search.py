@@ -1,10 +1,13 @@
 """Memory search on PostgreSQL: keyword, vector and hybrid (RRF) in one statement.
 
 ``agentbus_search_items`` (migration 0008) is a SECURITY DEFINER function that applies the
-transaction's agent id itself, because under row-level security the planner will not use the GIN
-index for ``@@`` (not leakproof). It runs both branches and their fusion and returns the best
-``limit`` ids with their rank and score in each branch; the statement below reads those rows
-under RLS, so every id is checked against the policies once more.
+agent id itself, because under row-level security the planner will not use the GIN index for
+``@@`` (not leakproof). It runs both branches and their fusion and picks the best ``limit`` ids
+with their rank and score in each branch; ``agentbus_search_item_rows`` (migration 0011) returns
+those rows, read by primary key and checked by the policies' visibility rule once more. The
+search is one statement outside a transaction, which sets the agent id itself (``set_config`` as
+the function's first argument): one round trip instead of BEGIN, ``set_config``, the search and
+COMMIT, and no second read of the hits under RLS.
 
 - keyword: ``plainto_tsquery('english', query)`` — every term must match after English stemming
   and stop-word removal (a query of stop words only matches nothing); ranked by ``ts_rank``,
@@ -37,19 +40,18 @@ from ._pg_core import Scope
 from ._pg_rows import ITEM_COLUMNS, item as item_row
 from ._rules import check_limit
 
-# $1 query (NULL: no keyword branch), $2 embedding (NULL: no vector branch), $3 limit,
-# $4 memory_type, $5 visibility, $6 own_only, $7 exact-path bound (NULL: automatic),
-# $8 the highest hnsw.ef_search of the HNSW path.
-# The rows are read one primary-key lookup per id (LATERAL … OFFSET 0 keeps the planner from
-# turning it into a join): asyncpg caches this statement, and a generic plan made while a
-# small agent searched once scanned and hashed every visible row of the agent instead — 210 ms
-# instead of 5 for an agent with 49,539 rows (bench/storage_search.py).
+# $1 agent, $2 query (NULL: no keyword branch), $3 embedding (NULL: no vector branch), $4 limit,
+# $5 memory_type, $6 visibility, $7 own_only, $8 exact-path bound (NULL: automatic), $9 the
+# highest hnsw.ef_search of the HNSW path. One statement on its own: the set_config in the
+# function's first argument sets the agent id for this statement's transaction before the
+# function runs. The rows come in the function's order (fused, or the one list); the item's
+# columns are taken from the whole row the function returns.
 _SEARCH = f"""
-SELECT item.*, hit.keyword_rank, hit.keyword_score, hit.vector_rank,
+SELECT {ITEM_COLUMNS}, hit.keyword_rank, hit.keyword_score, hit.vector_rank,
        hit.distance AS vector_distance
-FROM agentbus_search_items($1, $2, $3, $4, $5, $6, $7, $8) WITH ORDINALITY AS hit
-CROSS JOIN LATERAL (
-    SELECT {ITEM_COLUMNS} FROM memory_items m WHERE m.id = hit.id OFFSET 0) AS item
+FROM agentbus_search_item_rows(set_config('app.agent_id', $1, true), $2, $3, $4, $5, $6, $7,
+                               $8, $9) WITH ORDINALITY AS hit
+CROSS JOIN LATERAL (SELECT (hit.item).*) AS m
 ORDER BY hit.ordinality
 """
 
@@ -71,10 +73,11 @@ async def search_items(
         raise ValidationError('mode="vector" needs an embedding')
     keyword_query = None if mode == "vector" else query
     vector_query = None if mode == "keyword" else embedding
-    async with scope.tx("searching items") as conn:
+    core = scope.core
+    async with core.connection("searching items") as conn:
         rows = await conn.fetch(
-            _SEARCH, keyword_query, vector_query, limit, kind, vis, bool(own_only),
-            scope.core.vector_exact_max, scope.core.hnsw_ef_search,
+            _SEARCH, scope.agent, keyword_query, vector_query, limit, kind, vis, bool(own_only),
+            core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
     # The function has ordered the rows already (by the one list, or fused); the scores are
     # computed here as ``fuse_rrf`` computes them, so both backends give the same floats.

@@ -1,4 +1,5 @@
-"""Memory and knowledge search plans and the HNSW path's ef_search (migrations 0003, 0008, 0010).
+"""Memory and knowledge search plans and the HNSW path's ef_search (migrations 0003, 0008, 0010,
+0011).
 
 asyncpg caches the search statement per connection and PL/pgSQL caches the plans inside the
 search function; after five executions PostgreSQL may switch to a generic plan made while some
@@ -21,39 +22,12 @@ import asyncpg
 import numpy as np
 import pytest
 
-from agentbus.storage._pg_core import init_connection
-from agentbus.storage._pg_search import _SEARCH
 from agentbus.storage._postgres import PgAdapter
 from agentbus.testing import PostgresServer
 
 from .test_postgres_adapter import adapter_for, create_database, psql
 
 pytestmark = pytest.mark.anyio
-
-
-async def test_the_generic_search_plan_reads_rows_by_primary_key(
-    postgres_server: PostgresServer, pg_database: str, postgres_adapter: PgAdapter
-) -> None:
-    """Forced to a generic plan, the search statement (as the app role) reads the found rows
-    one primary-key lookup each, never a scan of the agent's rows."""
-    conn = await asyncpg.connect(postgres_server.dsn_for("agentbus_app", pg_database))
-    try:
-        await init_connection(conn)
-        async with conn.transaction():
-            await conn.execute("SELECT set_config('app.agent_id', 'planner', true)")
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            await conn.execute(
-                "PREPARE search (text, vector, integer, text, text, boolean, integer, integer)"
-                f" AS {_SEARCH}"
-            )
-            rows = await conn.fetch(
-                "EXPLAIN EXECUTE search('harbor', NULL, 10, NULL, NULL, false, NULL, 100)"
-            )
-    finally:
-        await conn.close()
-    plan = "\n".join(row[0] for row in rows)
-    assert "memory_items_pkey" in plan, plan
-    assert "Scan on memory_items" not in plan.replace("Index Scan using memory_items_pkey", "")
 
 
 async def test_keyword_queries_plan_every_call_and_the_search_function_caches_plans(
@@ -65,15 +39,17 @@ async def test_keyword_queries_plan_every_call_and_the_search_function_caches_pl
     try:
         rows = await conn.fetch(
             "SELECT proname, proconfig FROM pg_proc WHERE proname IN"
-            " ('agentbus_items_keyword_hits', 'agentbus_search_tasks', 'agentbus_search_items')"
+            " ('agentbus_items_keyword_hits', 'agentbus_search_tasks', 'agentbus_search_items',"
+            " 'agentbus_search_item_rows')"
         )
     finally:
         await conn.close()
     config = {row["proname"]: row["proconfig"] for row in rows}
-    assert len(config) == 3
+    assert len(config) == 4
     assert "plan_cache_mode=force_custom_plan" in config["agentbus_items_keyword_hits"]
     assert "plan_cache_mode=force_custom_plan" in config["agentbus_search_tasks"]
     assert "plan_cache_mode=force_generic_plan" in config["agentbus_search_items"]
+    assert "plan_cache_mode=force_generic_plan" in config["agentbus_search_item_rows"]
 
 
 async def test_knowledge_search_caches_plans_and_plans_its_keyword_branch_per_call(
