@@ -722,7 +722,7 @@ async def bench(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     parser.add_argument("--runs", type=int, default=5, help="runs over all queries (median)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 300 rows a collection, 1 run"

@@ -28,8 +28,9 @@ from pgvector import Vector
 
 from ._canonical import check_choice, check_text
 from ._errors import ValidationError
-from ._models import MAX_TEXT_CHARS, RRF_K, SEARCH_MODES, KnowledgeHit, SearchMode
+from ._models import MAX_TEXT_CHARS, SEARCH_MODES, KnowledgeHit, SearchMode
 from ._pg_core import Scope
+from ._pg_rows import search_score
 from ._rules import check_limit
 
 # $1 agent, $2 query (NULL: no keyword branch), $3 embedding (NULL: no vector branch), $4 limit,
@@ -46,11 +47,11 @@ ORDER BY hit.ordinality
 """
 
 
-def _hit(row: Record, score: float, keyword: int | None, vector: int | None) -> KnowledgeHit:
+def _hit(row: Record, score: float) -> KnowledgeHit:
     return KnowledgeHit(
         document_id=row["document_id"], collection_id=row["collection_id"], title=row["title"],
         chunk_index=row["chunk_index"], text=row["text"], score=score,
-        keyword_rank=keyword, vector_rank=vector,
+        keyword_rank=row["keyword_rank"], vector_rank=row["vector_rank"],
     )  # fmt: skip
 
 
@@ -76,15 +77,6 @@ async def search_chunks(
             _SEARCH, scope.agent, keyword_query, vector_query, limit, among,
             core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
-    # Scores as ``fuse_rrf`` computes them, so that both backends give the same floats.
-    hits = []
-    for row in rows:
-        kw, vec = row["keyword_rank"], row["vector_rank"]
-        if vector_query is None:  # keyword, or hybrid without an embedding: keyword only
-            score = float(row["keyword_score"])
-        elif mode == "vector":
-            score = 1.0 - float(row["vector_distance"])
-        else:
-            score = (1 / (RRF_K + kw) if kw else 0.0) + (1 / (RRF_K + vec) if vec else 0.0)
-        hits.append(_hit(row, score, kw, vec))
-    return hits
+    # hybrid without an embedding is a keyword search, with keyword scores (as on SQLite)
+    scored_as = "keyword" if vector_query is None else mode
+    return [_hit(row, search_score(row, scored_as)) for row in rows]

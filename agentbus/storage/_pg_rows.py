@@ -33,6 +33,7 @@ from ._models import (
     Team,
     TeamMember,
 )
+from ._rules import rrf_score
 
 Record = asyncpg.Record
 
@@ -113,6 +114,16 @@ def _fields(record: Record, cls: type[msgspec.Struct]) -> dict[str, Any]:
 
 def resource(record: Record) -> Resource:
     return Resource(**_fields(record, Resource))
+
+
+def search_score(row: Record, mode: str) -> float:
+    """A search hit's score from the ranks and raw scores the search functions return, as SQLite
+    computes it: ``ts_rank`` (keyword), 1 - cosine distance (vector) or RRF of the ranks."""
+    if mode == "keyword":
+        return float(row["keyword_score"])
+    if mode == "vector":
+        return 1.0 - float(row["vector_distance"])
+    return rrf_score(row["keyword_rank"], row["vector_rank"])
 
 
 def item(record: Record) -> MemoryItem:

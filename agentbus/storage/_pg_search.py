@@ -30,14 +30,13 @@ from ._errors import ValidationError
 from ._models import (
     MAX_TEXT_CHARS,
     MEMORY_TYPES,
-    RRF_K,
     SEARCH_MODES,
     VISIBILITIES,
     SearchHit,
     SearchMode,
 )
 from ._pg_core import Scope
-from ._pg_rows import ITEM_COLUMNS, item as item_row
+from ._pg_rows import ITEM_COLUMNS, item as item_row, search_score
 from ._rules import check_limit
 
 # $1 agent, $2 query (NULL: no keyword branch), $3 embedding (NULL: no vector branch), $4 limit,
@@ -79,16 +78,9 @@ async def search_items(
             _SEARCH, scope.agent, keyword_query, vector_query, limit, kind, vis, bool(own_only),
             core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
-    # The function has ordered the rows already (by the one list, or fused); the scores are
-    # computed here as ``fuse_rrf`` computes them, so both backends give the same floats.
     hits = []
     for row in rows:
         kw, vec = row["keyword_rank"], row["vector_rank"]
-        if mode == "keyword":
-            score = float(row["keyword_score"])
-        elif mode == "vector":
-            score = 1.0 - float(row["vector_distance"])
-        else:
-            score = (1 / (RRF_K + kw) if kw else 0.0) + (1 / (RRF_K + vec) if vec else 0.0)
+        score = search_score(row, mode)
         hits.append(SearchHit(item=item_row(row), score=score, keyword_rank=kw, vector_rank=vec))
     return hits

@@ -40,10 +40,18 @@ def fuse_rrf(
     fused = []
     for item in keyword_rank.keys() | vector_rank.keys():
         kw, vec = keyword_rank.get(item), vector_rank.get(item)
-        score = (1 / (k + kw) if kw else 0.0) + (1 / (k + vec) if vec else 0.0)
-        fused.append((item, score, kw, vec))
+        fused.append((item, rrf_score(kw, vec, k=k), kw, vec))
     fused.sort(key=lambda row: (-row[1], row[0]))
     return fused[:limit]
+
+
+def rrf_score(keyword_rank: int | None, vector_rank: int | None, *, k: int = RRF_K) -> float:
+    """One id's Reciprocal Rank Fusion score from its 1-based rank in each list (None: absent).
+    PostgreSQL fuses in SQL and only its ranks come back: the score is computed here, so both
+    backends give the same floats."""
+    return (1 / (k + keyword_rank) if keyword_rank else 0.0) + (
+        1 / (k + vector_rank) if vector_rank else 0.0
+    )
 
 
 def step_confidence(confidence: float, step: float) -> float:
