@@ -78,9 +78,11 @@ async def search_items(
             _SEARCH, scope.agent, keyword_query, vector_query, limit, kind, vis, bool(own_only),
             core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
+    # hybrid without an embedding is a keyword search, with keyword scores (as on SQLite)
+    scored_as = "keyword" if vector_query is None else mode
     hits = []
     for row in rows:
         kw, vec = row["keyword_rank"], row["vector_rank"]
-        score = search_score(row, mode)
+        score = search_score(row, scored_as)
         hits.append(SearchHit(item=item_row(row), score=score, keyword_rank=kw, vector_rank=vec))
     return hits

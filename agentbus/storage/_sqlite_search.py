@@ -91,6 +91,8 @@ class SearchOps(Scoped):
             if hits is not None:  # answered from the fresh cache, without the worker thread
                 return hits
         keyword, vector = search_branches(query, embedding, limit, mode, self._db.embedding_dim)
+        if vector is None and mode == "hybrid":  # a keyword search, with keyword scores
+            mode = "keyword"
         probe = self._db.probe() if vector is not None else None
 
         def run(conn: sqlite3.Connection) -> list[SearchHit]:

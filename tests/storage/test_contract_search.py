@@ -196,7 +196,8 @@ async def test_vector_search_with_k_visible_among_many_returns_k(view: View) -> 
 
 
 async def test_hybrid_without_embedding_is_keyword_only(view: View) -> None:
-    """Hybrid search without an embedding returns the keyword results, with no error."""
+    """Hybrid search without an embedding returns the keyword results — the same hits, ranks
+    and keyword scores as mode="keyword" (as knowledge search does) — with no error."""
     me = view()
     await me.memory.create_item("copper lantern", embedding=as_list(unit(1)))
     await me.memory.create_item("copper lantern polished twice")
@@ -207,6 +208,7 @@ async def test_hybrid_without_embedding_is_keyword_only(view: View) -> None:
     assert ids(hybrid) == ids(keyword)
     assert [h.keyword_rank for h in hybrid] == [1, 2]
     assert [h.vector_rank for h in hybrid] == [None, None]
+    assert [h.score for h in hybrid] == [h.score for h in keyword]
 
 
 async def test_hybrid_fuses_with_rrf_on_a_constructed_example(view: View) -> None:
