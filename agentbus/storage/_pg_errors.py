@@ -44,6 +44,14 @@ def map_pg_errors(action: str) -> Iterator[None]:
             f"PostgreSQL connection lost while {action}: {exc}; if it was a write, check "
             "whether it was applied before retrying"
         ) from exc
+    except asyncpg.InternalClientError as exc:
+        # asyncpg's protocol state machine, left inconsistent when the server dies while a new
+        # connection is being set up ("cannot switch to state …; another operation is in
+        # progress"): seen when PostgreSQL was killed during a batched write.
+        raise StorageUnavailableError(
+            f"PostgreSQL connection broke while {action}: {exc}; if it was a write, check "
+            "whether it was applied before retrying"
+        ) from exc
     except (OSError, TimeoutError) as exc:
         raise StorageUnavailableError(
             f"cannot reach PostgreSQL while {action}: {exc}; is it running? ({SETUP_HINT})"

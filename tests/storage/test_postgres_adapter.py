@@ -797,6 +797,12 @@ async def test_killing_postgres_mid_write_is_unavailable_and_leaves_no_partial_r
         assert len(caught) == 1
         assert isinstance(caught[0], StorageUnavailableError), caught[0]
         assert isinstance(caught[0].__cause__, (asyncpg.PostgresError, asyncpg.InterfaceError))
+        # Searches are one statement outside a transaction (migrations 0010, 0011): the server
+        # being gone is the same clear error there.
+        with pytest.raises(StorageUnavailableError):
+            await me.memory.search_items("doomed", embedding=as_list(unit(1)))
+        with pytest.raises(StorageUnavailableError):
+            await me.knowledge.search("doomed")
         server.restart()
         owner = await asyncpg.connect(server.owner_dsn)
         try:
@@ -814,6 +820,8 @@ async def test_killing_postgres_mid_write_is_unavailable_and_leaves_no_partial_r
                 except StorageUnavailableError:
                     await anyio.sleep(0.1)
         assert [i.id for i in await me.memory.list_items()] == [survivor.id]
+        hits = await me.memory.search_items("written restart")
+        assert [hit.item.id for hit in hits] == [survivor.id]
     finally:
         if watcher is not None:
             watcher.terminate()
