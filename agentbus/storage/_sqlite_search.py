@@ -158,16 +158,12 @@ class SearchOps(Scoped):
         if match is None:
             return []
         where, params = filters.sql(self._agent)
-        # The terms must match the summary; the scope tokens (migration 0007) narrow the
-        # candidates inside the index, and bm25 weighs the summary alone. The visibility rule
-        # and the filters are still applied in SQL.
-        scoped = f"summary : ({match}) AND fts_scope : ({filters.fts_scope(self._agent)})"
         rows = conn.execute(
-            "SELECT m.id, bm25(memory_items_fts, 1.0, 0.0) AS rank FROM memory_items_fts"
+            "SELECT m.id, bm25(memory_items_fts) AS rank FROM memory_items_fts"
             " JOIN memory_items m ON m.rowid_key = memory_items_fts.rowid"
             f" WHERE memory_items_fts MATCH ? AND {visible_sql('m')}{where}"
             " ORDER BY rank, m.id LIMIT ?",
-            [scoped, self._agent, self._agent, *params, size],
+            [match, self._agent, self._agent, *params, size],
         ).fetchall()
         return [(item_id, -float(rank)) for item_id, rank in rows]
 
@@ -212,18 +208,6 @@ class _Filters:
             None if visibility is None else check_choice("visibility", visibility, VISIBILITIES),
             bool(own_only),
         )
-
-    def fts_scope(self, agent_id: str) -> str:
-        """The FTS5 expression over ``memory_items_fts.fts_scope`` (``o<hex id>x <visibility>``,
-        migration 0007) that every row this search may return matches: the agent's own rows,
-        and the visibilities it may see in other agents' rows (team rows of any team: the
-        membership is checked in SQL)."""
-        owner = f"o{agent_id.encode().hex()}x"
-        if self.own_only or self.visibility == "private":
-            return owner
-        if self.visibility is not None:
-            return self.visibility  # own rows of that visibility carry the token too
-        return f"{owner} OR family OR public OR team"
 
     def sql(self, agent_id: str) -> tuple[str, list[Any]]:
         where, params = "", []

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from agentbus import Config, InvalidAgentIdError, SQLiteConfig, StorageConfig
-from agentbus.storage._canonical import now_utc
 from agentbus.storage._errors import (
     MigrationError,
     StorageUnavailableError,
@@ -21,8 +20,7 @@ from agentbus.storage._errors import (
 )
 from agentbus.storage._models import VISIBILITIES, MemoryType, Visibility
 from agentbus.storage._sqlite import SQLiteAdapter
-from agentbus.storage._sqlite_codec import ts
-from agentbus.storage._sqlite_db import migrations, split_statements
+from agentbus.storage._sqlite_db import migrations
 from agentbus.storage._sqlite_search import fts_query
 
 from ._support import as_list, unit
@@ -355,78 +353,6 @@ async def test_search_and_list_match_brute_force_visibility(adapter: SQLiteAdapt
         assert page == listed[5:12]
 
 
-async def test_keyword_search_narrowed_in_the_index_matches_brute_force_visibility(
-    adapter: SQLiteAdapter, db_path: Path
-) -> None:
-    """Keyword search asks FTS5 for the agent's own rows and the visibilities it may see
-    (migration 0007's scope tokens), with the visibility rule still in SQL: for every agent,
-    visibility filter and own_only it returns exactly the visible matching rows — team rows of
-    a team the agent is not in never, although their tokens are candidates. Words that spell a
-    scope token match summaries only, and raw SQL that changes a row's owner or visibility
-    moves it in or out of the index's scope."""
-    agents = [f"kw-{n}" for n in range(4)]
-    team = await adapter.for_agent(agents[0]).teams.create_team("kw", members=agents[1:2])
-    other = await adapter.for_agent(agents[2]).teams.create_team("kw other")
-    rows = []
-    for n in range(80):
-        owner = agents[n % 4]
-        visibility: Visibility = VISIBILITIES[(n // 4) % 4]
-        team_id = None
-        if visibility == "team":
-            team_id = team.id if owner in agents[:2] else other.id if owner == agents[2] else None
-            visibility = "team" if team_id else "private"
-        item = await adapter.for_agent(owner).memory.create_item(
-            f"harbor row {n}", visibility=visibility, team_id=team_id
-        )
-        rows.append((item.id, owner, visibility, team_id))
-
-    def sees(me: str, owner: str, visibility: str, team_id: str | None) -> bool:
-        members = {team.id: agents[:2], other.id: agents[2:3]}
-        return (
-            owner == me
-            or visibility in ("family", "public")
-            or (visibility == "team" and me in members.get(team_id or "", []))
-        )
-
-    for me in agents:
-        for wanted in (None, *VISIBILITIES):
-            for own_only in (False, True):
-                hits = await adapter.for_agent(me).memory.search_items(
-                    "harbor", mode="keyword", limit=100, visibility=wanted, own_only=own_only
-                )
-                expected = {
-                    i for i, owner, vis, t in rows
-                    if sees(me, owner, vis, t) and wanted in (None, vis)
-                    and (not own_only or owner == me)
-                }  # fmt: skip
-                assert {h.item.id for h in hits} == expected, (me, wanted, own_only)
-
-    me = adapter.for_agent(agents[3]).memory
-    owner_token = f"o{agents[3].encode().hex()}x"
-    for word in ("family", "public", "team", "private", owner_token):
-        assert await me.search_items(word, mode="keyword") == [], word
-    titled = await me.create_item("a family harbor")
-    assert [h.item.id for h in await me.search_items("family", mode="keyword")] == [titled.id]
-
-    hidden = await adapter.for_agent(agents[0]).memory.create_item("zeppelin over the bay")
-    conn = raw(db_path)
-    try:
-        assert await me.search_items("zeppelin", mode="keyword") == []
-        conn.execute("UPDATE memory_items SET visibility = 'family' WHERE id = ?", (hidden.id,))
-        found = await me.search_items("zeppelin", mode="keyword")
-        assert [h.item.id for h in found] == [hidden.id]
-        conn.execute("UPDATE memory_items SET visibility = 'private' WHERE id = ?", (hidden.id,))
-        assert await me.search_items("zeppelin", mode="keyword") == []
-        conn.execute("UPDATE memory_items SET agent_id = ? WHERE id = ?", (agents[3], hidden.id))
-        found = await me.search_items("zeppelin", mode="keyword", own_only=True)
-        assert [h.item.id for h in found] == [hidden.id]
-        conn.execute(
-            "INSERT INTO memory_items_fts (memory_items_fts, rank) VALUES ('integrity-check', 1)"
-        )
-    finally:
-        conn.close()
-
-
 def _sees(me: str, agents: list[str], visibility: str) -> bool:
     return visibility in ("family", "public") or (visibility == "team" and me in agents[:2])
 
@@ -478,49 +404,6 @@ async def test_write_waiting_past_busy_timeout_is_unavailable(db_path: Path) -> 
             holder.execute("ROLLBACK")
             holder.close()
         assert (await me.memory.create_item("after the lock")).summary == "after the lock"
-
-
-async def test_0007_indexes_the_rows_of_an_older_store(db_path: Path) -> None:
-    """A store made by migrations 0001-0006 (the previous release) gets 0007 on open: the
-    rebuilt index holds its existing rows with their scope, so keyword search finds an agent's
-    own and the family's rows — and not another agent's private ones."""
-    db_path.parent.mkdir(parents=True)
-    conn = raw(db_path)
-    conn.execute(
-        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-        " applied_at TEXT NOT NULL)"
-    )
-    now = ts(now_utc())
-    conn.execute("BEGIN")
-    for version, name, sql in migrations():
-        if version >= 7:
-            break
-        for statement in split_statements(sql):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now))
-    for n, (agent, visibility) in enumerate(
-        [("old-a", "private"), ("old-b", "private"), ("old-b", "family")]
-    ):
-        conn.execute(
-            "INSERT INTO memory_items (id, agent_id, summary, memory_type, visibility,"
-            " content_hash, significance, metadata, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'event', ?, ?, 0.5, '{}', ?, ?)",
-            (f"0190aaaa-0000-7000-8000-00000000000{n}", agent, f"lantern {visibility} {n}",
-             visibility, f"hash-{n}", now, now),
-        )  # fmt: skip
-    conn.execute("COMMIT")
-    conn.close()
-    async with SQLiteAdapter(db_path, embedding_dim=DIM) as adapter:
-        hits = await adapter.for_agent("old-a").memory.search_items("lantern", mode="keyword")
-        assert sorted(h.item.summary for h in hits) == ["lantern family 2", "lantern private 0"]
-    conn = raw(db_path)
-    try:
-        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] >= 7
-        conn.execute(
-            "INSERT INTO memory_items_fts (memory_items_fts, rank) VALUES ('integrity-check', 1)"
-        )
-    finally:
-        conn.close()
 
 
 async def test_failed_migration_is_rolled_back(db_path: Path) -> None:
