@@ -353,6 +353,67 @@ async def test_search_and_list_match_brute_force_visibility(adapter: SQLiteAdapt
         assert page == listed[5:12]
 
 
+async def test_keyword_search_matches_brute_force_visibility(
+    adapter: SQLiteAdapter, db_path: Path
+) -> None:
+    """Keyword search applies the visibility rule and the filters in SQL, next to the FTS5
+    match: for every agent, visibility filter and own_only it returns exactly the visible
+    matching rows — never team rows of a team the agent is not in — and raw SQL that changes a
+    row's owner or visibility moves it in or out of another agent's results at once."""
+    agents = [f"kw-{n}" for n in range(4)]
+    team = await adapter.for_agent(agents[0]).teams.create_team("kw", members=agents[1:2])
+    other = await adapter.for_agent(agents[2]).teams.create_team("kw other")
+    rows = []
+    for n in range(80):
+        owner = agents[n % 4]
+        visibility: Visibility = VISIBILITIES[(n // 4) % 4]
+        team_id = None
+        if visibility == "team":
+            team_id = team.id if owner in agents[:2] else other.id if owner == agents[2] else None
+            visibility = "team" if team_id else "private"
+        item = await adapter.for_agent(owner).memory.create_item(
+            f"harbor row {n}", visibility=visibility, team_id=team_id
+        )
+        rows.append((item.id, owner, visibility, team_id))
+
+    def sees(me: str, owner: str, visibility: str, team_id: str | None) -> bool:
+        members = {team.id: agents[:2], other.id: agents[2:3]}
+        return (
+            owner == me
+            or visibility in ("family", "public")
+            or (visibility == "team" and me in members.get(team_id or "", []))
+        )
+
+    for me in agents:
+        for wanted in (None, *VISIBILITIES):
+            for own_only in (False, True):
+                hits = await adapter.for_agent(me).memory.search_items(
+                    "harbor", mode="keyword", limit=100, visibility=wanted, own_only=own_only
+                )
+                expected = {
+                    i for i, owner, vis, t in rows
+                    if sees(me, owner, vis, t) and wanted in (None, vis)
+                    and (not own_only or owner == me)
+                }  # fmt: skip
+                assert {h.item.id for h in hits} == expected, (me, wanted, own_only)
+
+    me = adapter.for_agent(agents[3]).memory
+    hidden = await adapter.for_agent(agents[0]).memory.create_item("zeppelin over the bay")
+    conn = raw(db_path)
+    try:
+        assert await me.search_items("zeppelin", mode="keyword") == []
+        conn.execute("UPDATE memory_items SET visibility = 'family' WHERE id = ?", (hidden.id,))
+        found = await me.search_items("zeppelin", mode="keyword")
+        assert [h.item.id for h in found] == [hidden.id]
+        conn.execute("UPDATE memory_items SET visibility = 'private' WHERE id = ?", (hidden.id,))
+        assert await me.search_items("zeppelin", mode="keyword") == []
+        conn.execute("UPDATE memory_items SET agent_id = ? WHERE id = ?", (agents[3], hidden.id))
+        found = await me.search_items("zeppelin", mode="keyword", own_only=True)
+        assert [h.item.id for h in found] == [hidden.id]
+    finally:
+        conn.close()
+
+
 def _sees(me: str, agents: list[str], visibility: str) -> bool:
     return visibility in ("family", "public") or (visibility == "team" and me in agents[:2])
 
