@@ -31,7 +31,7 @@ from ._errors import ValidationError
 from ._models import MAX_TEXT_CHARS, SEARCH_MODES, KnowledgeHit, SearchMode
 from ._pg_core import Scope
 from ._pg_rows import search_score
-from ._rules import check_limit
+from ._rules import check_limit, effective_mode
 
 # $1 agent, $2 query (NULL: no keyword branch), $3 embedding (NULL: no vector branch), $4 limit,
 # $5 the collection ids asked for (NULL: every readable one), $6 exact-path bound (NULL:
@@ -77,6 +77,5 @@ async def search_chunks(
             _SEARCH, scope.agent, keyword_query, vector_query, limit, among,
             core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
-    # hybrid without an embedding is a keyword search, with keyword scores (as on SQLite)
-    scored_as = "keyword" if vector_query is None else mode
+    scored_as = effective_mode(mode, has_vector=vector_query is not None)
     return [_hit(row, search_score(row, scored_as)) for row in rows]

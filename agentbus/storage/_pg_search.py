@@ -37,7 +37,7 @@ from ._models import (
 )
 from ._pg_core import Scope
 from ._pg_rows import ITEM_COLUMNS, item as item_row, search_score
-from ._rules import check_limit
+from ._rules import check_limit, effective_mode
 
 # $1 agent, $2 query (NULL: no keyword branch), $3 embedding (NULL: no vector branch), $4 limit,
 # $5 memory_type, $6 visibility, $7 own_only, $8 exact-path bound (NULL: automatic), $9 the
@@ -78,8 +78,7 @@ async def search_items(
             _SEARCH, scope.agent, keyword_query, vector_query, limit, kind, vis, bool(own_only),
             core.vector_exact_max, core.hnsw_ef_search,
         )  # fmt: skip
-    # hybrid without an embedding is a keyword search, with keyword scores (as on SQLite)
-    scored_as = "keyword" if vector_query is None else mode
+    scored_as = effective_mode(mode, has_vector=vector_query is not None)
     hits = []
     for row in rows:
         kw, vec = row["keyword_rank"], row["vector_rank"]

@@ -24,7 +24,7 @@ from .._keys import FAMILY
 from ._canonical import check_text
 from ._errors import StaleWriteError, ValidationError
 from ._fence import Fence
-from ._models import DONE_STATUSES, MAX_ID_CHARS, MAX_NAME_CHARS, RRF_K, TaskStatus
+from ._models import DONE_STATUSES, MAX_ID_CHARS, MAX_NAME_CHARS, RRF_K, SearchMode, TaskStatus
 
 
 def fuse_rrf(
@@ -43,6 +43,12 @@ def fuse_rrf(
         fused.append((item, rrf_score(kw, vec, k=k), kw, vec))
     fused.sort(key=lambda row: (-row[1], row[0]))
     return fused[:limit]
+
+
+def effective_mode(mode: SearchMode, *, has_vector: bool) -> SearchMode:
+    """The search a ``mode`` call really runs: hybrid without a query vector is a keyword search,
+    with keyword hits and keyword scores, on every backend and domain."""
+    return "keyword" if mode == "hybrid" and not has_vector else mode
 
 
 def rrf_score(keyword_rank: int | None, vector_rank: int | None, *, k: int = RRF_K) -> float:

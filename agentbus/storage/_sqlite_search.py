@@ -32,7 +32,7 @@ from ._models import (
     Visibility,
 )
 from ._protocol import Vector
-from ._rules import check_limit, fuse_rrf
+from ._rules import check_limit, effective_mode, fuse_rrf
 from ._sqlite_codec import ITEM_COLUMNS, item_from_row, placeholders, visible_sql
 from ._sqlite_db import Scoped
 from ._sqlite_vectors import Matrix
@@ -91,8 +91,7 @@ class SearchOps(Scoped):
             if hits is not None:  # answered from the fresh cache, without the worker thread
                 return hits
         keyword, vector = search_branches(query, embedding, limit, mode, self._db.embedding_dim)
-        if vector is None and mode == "hybrid":  # a keyword search, with keyword scores
-            mode = "keyword"
+        mode = effective_mode(mode, has_vector=vector is not None)
         probe = self._db.probe() if vector is not None else None
 
         def run(conn: sqlite3.Connection) -> list[SearchHit]:
