@@ -39,17 +39,12 @@ def map_pg_errors(action: str) -> Iterator[None]:
         raise
     except asyncpg.PostgresError as exc:
         raise _from_postgres(exc, action) from exc
-    except asyncpg.InterfaceError as exc:
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # InternalClientError: asyncpg's protocol state machine left inconsistent when the
+        # server dies while a new pooled connection is being set up ("cannot switch to state
+        # …; another operation is in progress"), seen when PostgreSQL was killed mid-write.
         raise StorageUnavailableError(
             f"PostgreSQL connection lost while {action}: {exc}; if it was a write, check "
-            "whether it was applied before retrying"
-        ) from exc
-    except asyncpg.InternalClientError as exc:
-        # asyncpg's protocol state machine, left inconsistent when the server dies while a new
-        # connection is being set up ("cannot switch to state …; another operation is in
-        # progress"): seen when PostgreSQL was killed during a batched write.
-        raise StorageUnavailableError(
-            f"PostgreSQL connection broke while {action}: {exc}; if it was a write, check "
             "whether it was applied before retrying"
         ) from exc
     except (OSError, TimeoutError) as exc:

@@ -27,6 +27,7 @@ from ._models import (
     Observation,
     Reflection,
     Resource,
+    SearchMode,
     ServiceKeyInfo,
     Task,
     TaskEvent,
@@ -116,7 +117,7 @@ def resource(record: Record) -> Resource:
     return Resource(**_fields(record, Resource))
 
 
-def search_score(row: Record, mode: str) -> float:
+def search_score(row: Record, mode: SearchMode) -> float:
     """A search hit's score from the ranks and raw scores the search functions return, as SQLite
     computes it: ``ts_rank`` (keyword), 1 - cosine distance (vector) or RRF of the ranks."""
     if mode == "keyword":

@@ -27,18 +27,17 @@ SET search_path = pg_catalog, public, pg_temp SET jit = off
 SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
-DECLARE
-    v_teams text[];
 BEGIN
     IF p_agent IS NULL OR p_agent IS DISTINCT FROM NULLIF(current_setting('app.agent_id', true), '')
     THEN
         RETURN;
     END IF;
-    v_teams := public.agentbus_my_teams();
     -- One primary-key lookup per hit (LATERAL … OFFSET 0: a generic plan of a join would
     -- expect the function's default 1,000 rows and may hash a scan of the table instead). The
     -- visibility rule is checked once more because the search's statements and this one see
-    -- different snapshots: a row made private in between is not returned.
+    -- different snapshots: a row made private in between is not returned. The agent's teams
+    -- are an InitPlan, computed only when a team row gets that far, and then once (the search
+    -- itself has looked them up already).
     RETURN QUERY
         SELECT found.m, hit.keyword_rank, hit.keyword_score, hit.vector_rank, hit.distance
         FROM public.agentbus_search_items(p_query, p_embedding, p_limit, p_memory_type,
@@ -48,7 +47,8 @@ BEGIN
             SELECT m FROM public.memory_items m
             WHERE m.id = hit.id
               AND (m.agent_id = p_agent OR m.visibility IN ('family', 'public')
-                   OR (m.visibility = 'team' AND m.team_id = ANY (v_teams)))
+                   OR (m.visibility = 'team'
+                       AND m.team_id = ANY ((SELECT public.agentbus_my_teams())::text[])))
             OFFSET 0) AS found
         ORDER BY hit.ordinality;
 END
